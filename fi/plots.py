@@ -1,0 +1,106 @@
+"""Seaborn figures: accuracy against shots (the paper's Figure 1 style)."""
+
+from __future__ import annotations
+
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a display
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from fi.io import atomic_path  # noqa: E402
+
+log = logging.getLogger(__name__)
+METRICS = {"cf_acc": "contrast answer (cf_acc)", "orig_acc": "plain answer (orig_acc)"}
+# variant columns that split a figure into panels, in order of preference
+PANEL_COLUMNS = ("setting", "nmax", "maxlen", "ndigits", "base")
+
+
+def _panel_label(df: pd.DataFrame) -> pd.Series:
+    cols = [c for c in PANEL_COLUMNS if c in df.columns and df[c].nunique(dropna=True) > 0]
+    if not cols:
+        return pd.Series("all", index=df.index)
+    return df[cols].astype(str).apply(lambda r: ", ".join(f"{c}={v}" for c, v in zip(cols, r)), axis=1)
+
+
+def _long(df: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for metric, label in METRICS.items():
+        part = df.copy()
+        part["metric"] = label
+        part["accuracy"] = df[metric]
+        part["lo"] = df.get(f"{metric}_lo", df[metric])
+        part["hi"] = df.get(f"{metric}_hi", df[metric])
+        rows.append(part)
+    out = pd.concat(rows, ignore_index=True)
+    out["panel"] = _panel_label(out)
+    return out
+
+
+def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: int = 120,
+                  reference: pd.DataFrame | None = None) -> None:
+    """Accuracy vs shots: one row of panels per model, one panel per setting; colour = offset,
+    line style = which answer is counted; bands are the Wilson 95% intervals where known.
+
+    `df` is this project's accuracy table or a table in the paper's CSV format after
+    `fi.tables.from_paper_format`. `reference` (same format) is overlaid as thin grey-edged lines
+    on the panels whose model and setting match."""
+    if df.empty:
+        raise ValueError(f"no rows to plot for task {task!r}")
+    data = _long(df)
+    ref = _long(reference[reference["task"] == task]) if reference is not None else None
+    models = list(dict.fromkeys(data["model"]))
+    panels = sorted(data["panel"].unique())
+    hue_order = sorted(data["offset"].unique()) if "offset" in data.columns else None
+    sns.set_theme(style="whitegrid", context="paper")
+    fig, axes = plt.subplots(len(models), len(panels), figsize=(3.4 * len(panels), 2.8 * len(models)),
+                             sharex=True, sharey=True, squeeze=False)
+    # diverging colours centred on k = 0 (grey), so +k and -k of equal size share a saturation
+    span = max((abs(o) for o in hue_order or []), default=1) or 1
+    cmap = sns.color_palette("coolwarm", as_cmap=True)
+    palette = {o: cmap(0.5 + 0.5 * o / span) for o in (hue_order or [])}
+    for r, model in enumerate(models):
+        for c, panel in enumerate(panels):
+            ax = axes[r][c]
+            sub = data[(data["model"] == model) & (data["panel"] == panel)]
+            sns.lineplot(data=sub, x="shots", y="accuracy", hue="offset" if hue_order else None,
+                         hue_order=hue_order, style="metric", style_order=list(METRICS.values()),
+                         markers=True, palette=palette or None, ax=ax, legend=(r == 0 and c == 0))
+            for (off, met), g in sub.groupby(["offset", "metric"]):
+                g = g.sort_values("shots")
+                color = palette.get(off)
+                ax.fill_between(g["shots"], g["lo"], g["hi"], alpha=0.12, color=color, linewidth=0)
+            if ref is not None:
+                rsub = ref[(ref["model"] == model) & (ref["panel"] == panel)]
+                for (off, met), g in rsub.groupby(["offset", "metric"]):
+                    if hue_order and off not in hue_order:
+                        continue
+                    color = palette.get(off, "grey")
+                    ax.plot(g["shots"], g["accuracy"], color=color, lw=0.8, alpha=0.6,
+                            ls=":" if met == METRICS["orig_acc"] else "-.")
+            ax.set_xscale("log", base=2)
+            ticks = sorted(data["shots"].unique())
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(f"{model}\n{panel}", fontsize=8)
+            ax.set_xlabel("shots")
+            ax.set_ylabel("accuracy")
+    if ref is not None and ref[ref["model"].isin(models)].empty:
+        log.warning("reference has no rows for models %s; nothing overlaid", models)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if axes[0][0].get_legend() is not None:
+        axes[0][0].get_legend().remove()
+    if ref is not None:
+        handles += [plt.Line2D([], [], color="grey", ls="-.", lw=0.8), plt.Line2D([], [], color="grey", ls=":", lw=0.8)]
+        labels += ["reference cf_acc", "reference orig_acc"]
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title=None)
+    fig.suptitle(f"{task}: accuracy against in-context demos", y=1.0)
+    fig.tight_layout()
+    suffix = output.rsplit(".", 1)[-1]
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix)
+    plt.close(fig)

@@ -1,0 +1,24 @@
+# Evaluate: one job per (model, task variant, shots) cell; per-example scores.
+
+
+rule evaluate:
+    input:
+        unpack(model_inputs),
+        dataset="results/datasets/{task}/{variant}.jsonl",
+    output:
+        "results/eval/{model}/{task}/{variant}/shots{shots}.parquet",
+    params:
+        # device and batch size change no number, so they are resources, not rerun triggers
+        model=lambda wc: MODELS[wc.model].load_params,
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        batch_size=lambda wc, attempt: max(1, MODELS[wc.model].cfg["batch_size"] // 2 ** (attempt - 1)),
+        device=lambda wc: MODELS[wc.model].cfg["device"],
+    log:
+        "logs/evaluate/{model}/{task}/{variant}/shots{shots}.log",
+    conda:
+        "../../envs/fi.yaml"
+    script:
+        "../scripts/evaluate.py"
