@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -42,10 +41,12 @@ class EncodedExample:
 class ModelInput:
     """One distinct sequence the model runs on; hooks see these to know what each row is."""
 
+    index: int  # position in the list of inputs of one scoring call
     example: int
     prompt_kind: str
     prompt_len: int
     tokens: tuple
+    source: int  # index of the normal-prompt input with the same answer tokens appended
 
 
 def encode_examples(model, examples: Sequence[Example]) -> list[EncodedExample]:
@@ -72,17 +73,22 @@ HookFactory = Callable[[list[ModelInput], int], list]
 
 
 def _run(model, inputs: list[ModelInput], batch_size: int, hook_factory: HookFactory | None):
-    """Yield (batch of inputs, logits [B, T, V]) over `inputs` in length-sorted batches."""
-    order = sorted(range(len(inputs)), key=lambda i: len(inputs[i].tokens))
-    for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+    """Yield (batch of inputs, logits [B, T, V]) over `inputs` in length-sorted batches, all
+    normal-prompt inputs before any contrast-prompt input (so that hooks may reuse what the normal
+    runs produced: ablation's patch-from-base does)."""
+    order = sorted(range(len(inputs)), key=lambda i: (inputs[i].prompt_kind != "normal", len(inputs[i].tokens)))
+    batches = []
+    for kind in PROMPT_KINDS:
+        of_kind = [i for i in order if inputs[i].prompt_kind == kind]
+        batches += [of_kind[s:s + batch_size] for s in range(0, len(of_kind), batch_size)]
+    for idx in batches:
         batch = [inputs[i] for i in idx]
         width = max(len(b.tokens) for b in batch)
         tokens = torch.full((len(batch), width), model.pad_id, dtype=torch.long)
         for row, b in enumerate(batch):
             tokens[row, : len(b.tokens)] = torch.tensor(b.tokens)
         tokens = tokens.to(model.device)
-        with torch.no_grad():
+        with torch.inference_mode():
             if hook_factory is None:
                 logits = model.bridge(tokens)
             else:
@@ -91,18 +97,23 @@ def _run(model, inputs: list[ModelInput], batch_size: int, hook_factory: HookFac
 
 
 def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor, batch_size: int = 64,
-                   hook_factory: HookFactory | None = None) -> pd.DataFrame:
-    """Per-example scores: the four correctness flags, predictions and first-token logit diffs."""
+                   hook_factory: HookFactory | None = None,
+                   prompt_kinds: Sequence[str] = PROMPT_KINDS) -> pd.DataFrame:
+    """Per-example scores: the correctness flags, predictions and first-token logit diffs of the
+    given prompt kinds (both by default; the paper's cf_acc / orig_acc need only "contrast")."""
     inputs: list[ModelInput] = []
     where: dict[tuple, int] = {}
     for i, enc in enumerate(encoded):
-        for pk in PROMPT_KINDS:
+        for pk in ("normal", *[k for k in prompt_kinds if k != "normal"]):
             for ak in PROMPT_KINDS:
-                seq = tuple(enc.prompts[pk] + enc.answers[ak][:-1])
+                suffix = enc.answers[ak][:-1]
+                seq = tuple(enc.prompts[pk] + suffix)
                 key = (i, pk, seq)
                 if key not in where:
+                    source = where.get((i, "normal", tuple(enc.prompts["normal"] + suffix)), -1)
                     where[key] = len(inputs)
-                    inputs.append(ModelInput(i, pk, len(enc.prompts[pk]), seq))
+                    inputs.append(ModelInput(len(inputs), i, pk, len(enc.prompts[pk]), seq,
+                                             len(inputs) if pk == "normal" else source))
     vocab_dev = vocab.to(model.device)
     vocab_index = {int(t): j for j, t in enumerate(vocab.tolist())}
     restricted: list = [None] * len(inputs)  # per input: [T_answer_positions..., |vocab|] float32
@@ -115,13 +126,15 @@ def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor
     for i, enc in enumerate(encoded):
         rec: dict = {"example": i}
         for (pk, ak), col in SCORED_PAIRS.items():
+            if pk not in prompt_kinds:
+                continue
             answer = enc.answers[ak]
             r = restricted[where[(i, pk, tuple(enc.prompts[pk] + answer[:-1]))]]
             pred = [int(vocab[j]) for j in r[: len(answer)].argmax(-1).tolist()]
             rec[col] = pred == answer
             if pk == ak:
                 rec[f"{pk}_pred"] = model.tokenizer.decode(pred)
-        for pk in PROMPT_KINDS:
+        for pk in prompt_kinds:
             first = restricted[where[(i, pk, tuple(enc.prompts[pk] + enc.answers[pk][:-1]))]][0]
             n_tok, c_tok = enc.answers["normal"][0], enc.answers["contrast"][0]
             # normal-answer logit minus contrast-answer logit at the first answer token (0 when the
@@ -132,12 +145,13 @@ def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor
 
 
 def evaluate_task(model, family, variant, records, shots: int, batch_size: int = 64,
-                  hook_factory: HookFactory | None = None) -> pd.DataFrame:
+                  hook_factory: HookFactory | None = None,
+                  prompt_kinds: Sequence[str] = PROMPT_KINDS) -> pd.DataFrame:
     """Score one cell (model x task variant x shots); returns per-example rows."""
     examples = family.examples(records, variant, shots)
     vocab = answer_vocabulary(model, examples[0].contrast_prompt, family.answer_space(variant))
     encoded = encode_examples(model, examples)
-    df = score_examples(model, encoded, vocab, batch_size, hook_factory)
+    df = score_examples(model, encoded, vocab, batch_size, hook_factory, prompt_kinds)
     df.insert(1, "normal_answer", [e.normal_answer for e in examples])
     df.insert(2, "contrast_answer", [e.contrast_answer for e in examples])
     return df

@@ -91,6 +91,39 @@ def cells(config: dict) -> list[Cell]:
             for v in variants(config, t) for s in config["shots"]]
 
 
+def _cell(m: str, c: dict) -> Cell:
+    return Cell(m, c["task"], c["variant"], int(c["shots"]))
+
+
+def attribution_cells(config: dict) -> list[Cell]:
+    """The discovery cell (unless every model's heads are given) and attribution.cells, per model."""
+    out = []
+    for m in models(config):
+        specs = list(config["attribution"]["cells"])
+        if m.name not in config["discovery"]["heads"]:
+            specs = [config["discovery"]["cell"]] + specs
+        for c in specs:
+            cell = _cell(m.id, c)
+            if cell not in out:
+                out.append(cell)
+    return out
+
+
+def discovery_cell(config: dict, mid: str) -> Cell:
+    return _cell(mid, config["discovery"]["cell"])
+
+
+def ablation_cells(config: dict) -> list[Cell]:
+    ab = config["ablation"]
+    out = []
+    for m in models(config):
+        for t in task_names(config):
+            names = ab["variants"].get(t)
+            vs = [v.name for v in variants(config, t)] if names is None else names
+            out += [Cell(m.id, t, v, s) for v in vs for s in ab["shots"]]
+    return out
+
+
 # ---- paths -----------------------------------------------------------------------------------
 
 def dataset_path(task: str, variant: str) -> str:
@@ -103,6 +136,22 @@ def builtin_model_dir(mid: str) -> str:
 
 def eval_path(cell: Cell) -> str:
     return f"{RESULTS}/eval/{cell.model}/{cell.task}/{cell.variant}/shots{cell.shots}.parquet"
+
+
+def attribution_path(cell: Cell) -> str:
+    return f"{RESULTS}/attribution/{cell.model}/{cell.task}/{cell.variant}/shots{cell.shots}.parquet"
+
+
+def ablation_path(cell: Cell) -> str:
+    return f"{RESULTS}/ablation/{cell.model}/{cell.task}/{cell.variant}/shots{cell.shots}.parquet"
+
+
+def heads_path(mid: str) -> str:
+    return f"{RESULTS}/heads/{mid}.json"
+
+
+def head_types_path(mid: str) -> str:
+    return f"{RESULTS}/head_types/{mid}.parquet"
 
 
 # ---- checks before any job runs -------------------------------------------------------------
@@ -142,8 +191,33 @@ def check_config(config: dict) -> None:
                 errors.append(f"tasks.{task}: the settings given produce no dataset")
         except (ValueError, KeyError) as err:
             errors.append(f"tasks.{task}: {err}")
+    names = set(config["models"])
+    for name in config["discovery"]["heads"]:
+        if name not in names:
+            errors.append(f"discovery.heads: {name!r} is not a configured model")
+    cells = [("discovery.cell", config["discovery"]["cell"])]
+    cells += [(f"attribution.cells.{i}", c) for i, c in enumerate(config["attribution"]["cells"])]
+    for where, c in cells:
+        errors += _check_cell(config, where, c["task"], c["variant"], c["shots"])
+    for task, names_ in config["ablation"]["variants"].items():
+        for i, v in enumerate(names_):
+            for s in config["ablation"]["shots"]:
+                errors += _check_cell(config, f"ablation.variants.{task}.{i}", task, v, s)
     if errors:
         raise ConfigError("invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def _check_cell(config: dict, where: str, task: str, variant: str, shots: int) -> list[str]:
+    if task not in config["tasks"]:
+        return [f"{where}: task {task!r} is not configured under tasks"]
+    try:
+        get_family(task).parse_variant(variant)
+    except ValueError as err:
+        return [f"{where}: {err}"]
+    n_demos = config["tasks"][task].get("n_demos", 0)
+    if shots > n_demos:
+        return [f"{where}: {shots} shots but tasks.{task}.n_demos is {n_demos}"]
+    return []
 
 
 def _check_local_model(name: str, path: str) -> list[str]:

@@ -104,3 +104,98 @@ def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: in
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix)
     plt.close(fig)
+
+
+def plot_head_heatmaps(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
+    """Layer x head heatmaps of one model's attribution scores: one panel per cell, method, receiver
+    and position group. FI heads are boxed; scores are normalised (-1 = full restoration)."""
+    import numpy as np
+
+    if df.empty:
+        raise ValueError("no attribution rows to plot")
+    keys = ["variant", "shots", "method", "receiver", "positions"]
+    panels = list(df.groupby(keys, sort=False))
+    n_layers, n_heads = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(0.5 * n_heads * cols + 2.5 * cols, 0.4 * n_layers * rows + 1.8 * rows),
+                             squeeze=False)
+    lim = max(1e-6, float(np.nanmax(np.abs(df["score"]))))
+    for ax, ((variant, shots, method, receiver, positions), g) in zip(axes.flat, panels):
+        grid = g.pivot_table(index="layer", columns="head", values="score").reindex(
+            index=range(n_layers), columns=range(n_heads))
+        sns.heatmap(grid, ax=ax, cmap="RdBu", vmin=-lim, vmax=lim, center=0, cbar=True,
+                    annot=n_layers * n_heads <= 64, fmt=".2f", annot_kws={"fontsize": 6})
+        if "fi_head" in g.columns:
+            for r in g[g["fi_head"]].itertuples():
+                ax.add_patch(plt.Rectangle((r.head, r.layer), 1, 1, fill=False, edgecolor="black", lw=2))
+        ax.set_title(f"{method} -> {receiver} ({positions})\n{variant}, {shots} shots", fontsize=8)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{df['model'].iloc[0]}: head attribution (boxed: FI heads)", y=1.0)
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)
+
+
+ABLATION_METRICS = {
+    "normal_acc": "normal prompt -> plain answer",
+    "normal_on_contrast_acc": "normal prompt -> shifted answer",
+    "cf_acc": "contrast prompt -> shifted answer",
+    "orig_acc": "contrast prompt -> plain answer",
+}
+
+
+def plot_task_generalization(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
+    """Grouped bars (the paper's Figure 6 style): for every task cell, the four accuracies with no
+    ablation, with the FI heads ablated and with random head sets ablated (random sets pooled), with
+    Wilson 95% intervals. One row of panels per model and ablation mode."""
+    import numpy as np
+
+    from fi.tables import wilson_interval
+
+    if df.empty:
+        raise ValueError("no ablation rows to plot")
+    df = df.copy()
+    df["cell"] = df["task"] + ": " + df["variant"] + ", " + df["shots"].astype(str) + " shots"
+    pooled = []
+    for (model, mode, cell, kind), g in df.groupby(["model", "mode", "cell", "head_set"], sort=False):
+        row = {"model": model, "mode": mode, "cell": cell, "head_set": kind}
+        n = int(g["n"].sum())
+        for metric in ABLATION_METRICS:
+            k = float((g[metric] * g["n"]).sum())
+            lo, hi = wilson_interval(k, n)
+            row.update({metric: k / n, f"{metric}_lo": float(lo), f"{metric}_hi": float(hi)})
+        pooled.append(row)
+    data = pd.DataFrame(pooled)
+    groups = list(data.groupby(["model", "mode"], sort=False))
+    cells = list(dict.fromkeys(data["cell"]))
+    kinds = [k for k in ("none", "fi", "random") if k in set(data["head_set"])]
+    labels = {"none": "no ablation", "fi": "FI heads ablated", "random": "random heads ablated"}
+    colors = dict(zip(("none", "fi", "random"), sns.color_palette("Set2", 3)))
+    fig, axes = plt.subplots(len(ABLATION_METRICS), len(groups),
+                             figsize=(max(4.0, 0.75 * len(cells) + 1.5) * len(groups), 2.4 * len(ABLATION_METRICS)),
+                             squeeze=False, sharey=True)
+    width = 0.8 / len(kinds)
+    for c, ((model, mode), g) in enumerate(groups):
+        for r, (metric, title) in enumerate(ABLATION_METRICS.items()):
+            ax = axes[r][c]
+            for i, kind in enumerate(kinds):
+                sub = g[g["head_set"] == kind].set_index("cell").reindex(cells)
+                x = np.arange(len(cells)) + (i - (len(kinds) - 1) / 2) * width
+                y = sub[metric].to_numpy()
+                # clip: the Wilson bound at 1.0 can come out a rounding error below the estimate
+                err = np.clip(np.vstack([y - sub[f"{metric}_lo"].to_numpy(), sub[f"{metric}_hi"].to_numpy() - y]), 0, None)
+                ax.bar(x, y, width, yerr=err, capsize=2, color=colors[kind], label=labels[kind])
+            ax.set_xticks(np.arange(len(cells)), cells if r == len(ABLATION_METRICS) - 1 else [],
+                          fontsize=6, rotation=90)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("accuracy", fontsize=7)
+            ax.set_title(f"{title}  ({model}, mode={mode})", fontsize=8)
+    handles, lbls = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, lbls, loc="upper center", ncol=len(kinds), bbox_to_anchor=(0.5, 1.04), fontsize=8)
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)

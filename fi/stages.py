@@ -108,3 +108,182 @@ def from_snakemake(snakemake, stage, **kwargs) -> None:
         # the traceback follows on the same stream when the exception leaves the script
         log.error("%s failed: %s: %s", getattr(stage, "__name__", stage), type(err).__name__, err)
         raise
+
+
+# ---- circuit discovery (issue: head attribution) --------------------------------------------------
+
+def _load(model: dict, device: str, threads: int | None):
+    import torch
+
+    from fi.models import load_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    return load_model(model["name"], path=model["path"], dtype=model["dtype"], device=device)
+
+
+def attribute(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, attribution: dict,
+              device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+    """Every configured attribution method on one cell -> a long layer x head table."""
+    from fi.patching import POSITION_GROUPS, Patcher, build_patching_data
+
+    loaded = _load(model, device, threads)
+    family = get_family(task)
+    v = family.parse_variant(variant)
+    data = build_patching_data(loaded, family, v, read_jsonl(dataset), int(shots), attribution["max_examples"])
+    t0 = time.perf_counter()
+    patcher = Patcher(loaded, data, batch_size=attribution["batch_size"])
+    tables = []
+
+    def add(method, receiver, group, scores):
+        df = pd.DataFrame([(layer, head, float(scores[layer, head])) for layer in range(scores.shape[0])
+                           for head in range(scores.shape[1])], columns=["layer", "head", "score"])
+        df.insert(0, "method", method)
+        df.insert(1, "receiver", receiver)
+        df.insert(2, "positions", group)
+        tables.append(df)
+
+    methods = attribution["methods"]
+    if "path" in methods:
+        for receiver in attribution["receivers"]:
+            add("path", receiver, "all", patcher.path_patching(receiver))
+    if "activation" in methods:
+        add("activation", "output", "all", patcher.activation_patching())
+        if attribution["position_groups"]:
+            for group in POSITION_GROUPS:
+                add("activation", "output", group, patcher.activation_patching(group))
+    if "attribution" in methods:
+        add("attribution", "output", "all", patcher.attribution_patching())
+    out = pd.concat(tables, ignore_index=True)
+    keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+    for i, (k, val) in enumerate(keys.items()):
+        out.insert(i, k, val)
+    out["n_examples"] = data.size
+    out["n_dropped"] = data.n_dropped
+    out["ld_normal"] = patcher.ld_normal
+    out["ld_contrast"] = patcher.ld_contrast
+    write_parquet(out, output)
+    log.info("%s %s %s shots=%s: %d examples (%d dropped), LD normal %.3f contrast %.3f, %.1fs",
+             model["name"], task, variant, shots, data.size, data.n_dropped, patcher.ld_normal,
+             patcher.ld_contrast, time.perf_counter() - t0)
+    return out
+
+
+def head_types(model: dict, output: str, params: dict, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+    from fi.heads import head_type_scores
+
+    loaded = _load(model, device, threads)
+    df = head_type_scores(loaded, **params)
+    df.insert(0, "model", model["name"])
+    write_parquet(df, output)
+    return df
+
+
+def discover_heads(model: dict, output: str, discovery: dict, explicit: list | None = None,
+                   attribution: str | None = None, dataset: str | None = None, device: str = "auto",
+                   threads: int | None = None) -> dict:
+    """The model's FI heads: explicit from config, or chosen from the discovery cell's scores; in both
+    cases checked by patching them together from the normal prompt on the discovery cell and
+    counting how often the model then gives the plain answer."""
+    from fi.ablation import ablated_scores
+    from fi.heads import select_heads
+    from fi.io import write_json
+
+    cell = discovery["cell"]
+    result = {"model": model["name"], "cell": cell}
+    if explicit:
+        heads = sorted((int(a), int(b)) for a, b in explicit)
+        result.update(source="config", heads=[list(h) for h in heads])
+    else:
+        scores = pd.read_parquet(attribution)
+        sel = scores[(scores["method"] == discovery["method"]) & (scores["receiver"] == "output")
+                     & (scores["positions"] == "all")]
+        chosen = select_heads(sel[["layer", "head", "score"]], discovery["criterion"], discovery["top_k"],
+                              discovery["threshold"])
+        heads = [(int(r.layer), int(r.head)) for r in chosen.itertuples()]
+        result.update(source="discovery", criterion=discovery["criterion"], top_k=discovery["top_k"],
+                      threshold=discovery["threshold"], method=discovery["method"], heads=[list(h) for h in heads],
+                      scores=sel.sort_values("score")[["layer", "head", "score"]].to_dict("records"))
+    if dataset and heads:
+        loaded = _load(model, device, threads)
+        family = get_family(cell["task"])
+        v = family.parse_variant(cell["variant"])
+        df = ablated_scores(loaded, family, v, read_jsonl(dataset), int(cell["shots"]), heads, "patch")
+        result["patched_gives_plain_answer"] = float(df["orig_correct"].mean())
+        result["patched_gives_contrast_answer"] = float(df["cf_correct"].mean())
+    write_json(result, output)
+    log.info("%s: FI heads %s (%s)", model["name"], heads, result["source"])
+    return result
+
+
+def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads_file: str, output: str,
+           ablation: dict, batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+    """The paper's four accuracies with no ablation, the FI heads ablated and random head sets of
+    the same size ablated, for every configured mode."""
+    import json
+
+    from fi.ablation import ablated_scores, random_head_sets
+    from fi.tables import summarise_cell
+
+    loaded = _load(model, device, threads)
+    family = get_family(task)
+    v = family.parse_variant(variant)
+    records = read_jsonl(dataset)
+    fi_heads = [tuple(h) for h in json.loads(Path(heads_file).read_text())["heads"]]
+    sets = [("none", 0, [])]
+    if fi_heads:
+        sets.append(("fi", 0, fi_heads))
+        randoms = random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
+                                   ablation["seed"], ablation["layer_matched"], exclude=fi_heads)
+        sets += [("random", i, s) for i, s in enumerate(randoms)]
+    keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+    rows = []
+    baseline = None
+    for mode in ablation["modes"]:
+        for kind, index, heads in sets:
+            if kind == "none" and baseline is not None:
+                per_example = baseline
+            else:
+                per_example = ablated_scores(loaded, family, v, records, int(shots), heads, mode, batch_size)
+                if kind == "none":
+                    baseline = per_example
+            row = summarise_cell(per_example, {**keys, "mode": mode, "head_set": kind, "set_index": index,
+                                               "heads": json.dumps([list(h) for h in heads])})
+            rows.append(row)
+    out = pd.DataFrame(rows)
+    write_parquet(out, output)
+    log.info("%s %s %s shots=%s: %d head sets x %d modes", model["name"], task, variant, shots, len(sets),
+             len(ablation["modes"]))
+    return out
+
+
+def aggregate_attribution(cells: list[str], head_types_files: list[str], heads_files: list[str], output: str) -> pd.DataFrame:
+    import json
+
+    table = pd.concat([pd.read_parquet(p) for p in cells], ignore_index=True)
+    types = pd.concat([pd.read_parquet(p) for p in head_types_files], ignore_index=True)
+    table = table.merge(types, on=["model", "layer", "head"], how="left")
+    fi_heads = {(h["model"], a, b) for h in (json.loads(Path(p).read_text()) for p in heads_files)
+                for a, b in h["heads"]}
+    table["fi_head"] = [(m, a, b) in fi_heads for m, a, b in zip(table["model"], table["layer"], table["head"])]
+    write_parquet(table, output)
+    return table
+
+
+def aggregate_ablation(cells: list[str], output: str) -> pd.DataFrame:
+    table = pd.concat([pd.read_parquet(p) for p in cells], ignore_index=True)
+    write_parquet(table, output)
+    return table
+
+
+def plot_heads(table: str, model_name: str, output: str, plots: dict) -> None:
+    from fi.plots import plot_head_heatmaps
+
+    df = pd.read_parquet(table)
+    plot_head_heatmaps(df[df["model"] == model_name], output, dpi=plots["dpi"])
+
+
+def plot_ablation(table: str, output: str, plots: dict) -> None:
+    from fi.plots import plot_task_generalization
+
+    plot_task_generalization(pd.read_parquet(table), output, dpi=plots["dpi"])

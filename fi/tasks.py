@@ -46,6 +46,9 @@ class TaskFamily:
     name: ClassVar[str]
     # Table columns that identify a variant (in order); every variant's `fields` has exactly these.
     columns: ClassVar[tuple[str, ...]]
+    # A prompt is items joined by `item_separator`; an item's answer follows its last `separator`.
+    separator: ClassVar[str]
+    item_separator: ClassVar[str]
 
     def variants(self, cfg: dict) -> list[Variant]:
         raise NotImplementedError
@@ -132,6 +135,8 @@ def generate_addition(setting: str, nmax: int, offset: int, n_examples: int = 10
 class AdditionTask(TaskFamily):
     name = "addition"
     columns = ("setting", "nmax", "offset")
+    separator = "="
+    item_separator = "\n"
     _pattern = re.compile(r"^(normal|setting1|setting2)_nmax(9|99|999)_offset(-?\d+)$")
 
     def variants(self, cfg):
@@ -240,6 +245,8 @@ class CipherTask(TaskFamily):
 
     name = "cipher"
     columns = ("maxlen", "offset")
+    separator = " ->"
+    item_separator = "\n"
     _pattern = re.compile(r"^maxlen([1-9]\d*)_offset(0|-?[1-9]\d*)$")
 
     def variants(self, cfg):
@@ -419,6 +426,8 @@ class BaseAdditionTask(TaskFamily):
 
     name = "base_addition"
     columns = ("setting", "ndigits", "base")
+    separator = "="
+    item_separator = "\n"
     _pattern = re.compile(r"^(normal|setting1|setting2|setting3)_ndigits([1-9]\d*)_base([2-9]|10)$")
 
     def variants(self, cfg):
@@ -599,6 +608,8 @@ class MMLUTask(TaskFamily):
 
     name = "mmlu"
     columns = ("offset",)
+    separator = "Answer: ("
+    item_separator = "\n\n"
     _pattern = re.compile(r"^offset(0|-?[1-9]\d*)$")
 
     def variants(self, cfg):

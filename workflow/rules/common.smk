@@ -17,14 +17,22 @@ wildcard_constraints:
 
 MODELS = {m.id: m for m in grid.models(config)}
 CELLS = grid.cells(config)
+ATTRIBUTION_CELLS = grid.attribution_cells(config)
+ABLATION_CELLS = grid.ablation_cells(config)
 
 
 def all_outputs():
-    return [
+    fmt = config["plots"]["format"]
+    out = [
         "results/tables/accuracy.parquet",
         "results/tables/accuracy_paper_format.csv",
         "results/tables/predictions.parquet",
+        "results/tables/head_attribution.parquet",
     ] + accuracy_plots()
+    out += [f"results/plots/heads_{m}.{fmt}" for m in MODELS]
+    if ABLATION_CELLS:
+        out += ["results/tables/ablation.parquet", f"results/plots/task_generalization.{fmt}"]
+    return out
 
 
 def accuracy_plots():
@@ -40,6 +48,16 @@ def model_inputs(wildcards):
     if m.path:
         return {"model": f"{m.path}/config.json"}
     return {}
+
+
+def discovery_inputs(wildcards):
+    """Explicit heads need only the model (to check them); discovered ones the discovery cell too."""
+    m = MODELS[wildcards.model]
+    cell = grid.discovery_cell(config, m.id)
+    inputs = {**model_inputs(wildcards), "dataset": grid.dataset_path(cell.task, cell.variant)}
+    if m.name not in config["discovery"]["heads"]:
+        inputs["attribution"] = grid.attribution_path(cell)
+    return inputs
 
 
 def task_cfg(task):

@@ -1,0 +1,438 @@
+"""The one patching engine: activation, path and attribution patching over attention heads, and the
+head-output patches that ablation uses. Every analysis in `fi` goes through `Patcher`.
+
+Conventions (the paper's, section 2):
+  * A *normal* prompt shows the plain function (a+b); its *contrast* prompt the same demos shifted
+    (a+b+k). Patches copy activations from the normal run into the contrast run.
+  * The metric is the logit difference at the first answer token, normal-answer logit minus
+    contrast-answer logit, averaged over examples: LD.
+  * A patched run's score is normalised as (LD_patched - LD_contrast) / (LD_contrast - LD_normal):
+    0 means no effect, -1 means the patch fully restores the normal behaviour (answering a+b).
+
+Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
+tokenizers), or whose two answers start with the same token, carry no signal and are dropped; the
+count kept is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import torch
+
+from fi.answers import answer_token_ids
+
+RECEIVER_OUTPUT = "output"
+QKV = ("q", "k", "v")
+
+
+def z_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def qkv_hook(layer: int, which: str) -> str:
+    return f"blocks.{layer}.attn.hook_{which}"
+
+
+@dataclass(frozen=True)
+class Receiver:
+    """Where a path ends: the model's output, or one head's query / key / value input."""
+
+    layer: int | None = None
+    head: int | None = None
+    which: str | None = None  # q, k or v
+
+    @classmethod
+    def parse(cls, text: str) -> "Receiver":
+        """'output' or 'L.H.q' / 'L.H.k' / 'L.H.v'."""
+        if text == RECEIVER_OUTPUT:
+            return cls()
+        parts = text.split(".")
+        if len(parts) != 3 or parts[2] not in QKV or not all(p.isdigit() for p in parts[:2]):
+            raise ValueError(f"receiver {text!r}: expected 'output' or 'LAYER.HEAD.q|k|v'")
+        return cls(int(parts[0]), int(parts[1]), parts[2])
+
+    @property
+    def is_output(self) -> bool:
+        return self.layer is None
+
+    def __str__(self) -> str:
+        return RECEIVER_OUTPUT if self.is_output else f"{self.layer}.{self.head}.{self.which}"
+
+
+@dataclass
+class PatchingData:
+    """Aligned normal / contrast prompts (right-padded to one width) and their answers' first tokens."""
+
+    normal: torch.Tensor  # [B, T] long
+    contrast: torch.Tensor  # [B, T] long
+    last: torch.Tensor  # [B] index of each prompt's last token (where the answer is predicted)
+    normal_answer: torch.Tensor  # [B] first token of the normal answer
+    contrast_answer: torch.Tensor  # [B] first token of the contrast answer
+    groups: dict  # position group name -> [B, T] bool mask
+    n_dropped: int = 0
+
+    @property
+    def size(self) -> int:
+        return int(self.normal.shape[0])
+
+    def subset(self, idx: slice) -> "PatchingData":
+        return PatchingData(self.normal[idx], self.contrast[idx], self.last[idx], self.normal_answer[idx],
+                            self.contrast_answer[idx], {k: v[idx] for k, v in self.groups.items()}, 0)
+
+
+POSITION_GROUPS = ("demo_answers", "separators", "query")
+
+
+def position_groups(model, family, prompt: str, n_tokens: int) -> dict[str, list[bool]]:
+    """Token masks of a prompt's demo answers, its separator tokens ('=' for addition) and its query
+    line, found through the tokenizer's character offsets (so any fast tokenizer works)."""
+    enc = model.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    shift = n_tokens - len(offsets)  # BOS
+    spans: dict[str, list[tuple[int, int]]] = {g: [] for g in POSITION_GROUPS}
+    sep, item_sep = family.separator, family.item_separator
+    items = prompt.split(item_sep)
+    pos = 0
+    for i, item in enumerate(items):
+        cut = item.rfind(sep)
+        if i == len(items) - 1:
+            spans["query"].append((pos, pos + len(item)))
+        elif cut >= 0:
+            spans["demo_answers"].append((pos + cut + len(sep), pos + len(item)))
+        if cut >= 0:
+            spans["separators"].append((pos + cut, pos + cut + len(sep)))
+        pos += len(item) + len(item_sep)
+    masks = {g: [False] * n_tokens for g in POSITION_GROUPS}
+    for t, (a, b) in enumerate(offsets):
+        for g, ss in spans.items():
+            if any(a < e and b > s for s, e in ss):
+                masks[g][t + shift] = True
+    return masks
+
+
+def build_patching_data(model, family, variant, records, shots: int, max_examples: int | None = None) -> PatchingData:
+    examples = family.examples(records, variant, shots)
+    rows, dropped = [], 0
+    for ex in examples:
+        n_ids, c_ids = model.encode(ex.normal_prompt), model.encode(ex.contrast_prompt)
+        n_ans = answer_token_ids(model, ex.contrast_prompt, ex.normal_answer, c_ids)[0]
+        c_ans = answer_token_ids(model, ex.contrast_prompt, ex.contrast_answer, c_ids)[0]
+        if len(n_ids) != len(c_ids) or n_ans == c_ans:
+            dropped += 1
+            continue
+        rows.append((n_ids, c_ids, n_ans, c_ans, position_groups(model, family, ex.contrast_prompt, len(c_ids))))
+        if max_examples and len(rows) >= max_examples:
+            break
+    if not rows:
+        raise ValueError(f"{model.name}: no example of {variant.name} at {shots} shots has aligned normal "
+                         "and contrast prompts with different answers; nothing to patch")
+    width = max(len(r[0]) for r in rows)
+    normal = torch.full((len(rows), width), model.pad_id, dtype=torch.long)
+    contrast = normal.clone()
+    groups = {g: torch.zeros((len(rows), width), dtype=torch.bool) for g in POSITION_GROUPS}
+    for i, (n_ids, c_ids, _, _, masks) in enumerate(rows):
+        normal[i, : len(n_ids)] = torch.tensor(n_ids)
+        contrast[i, : len(c_ids)] = torch.tensor(c_ids)
+        for g in POSITION_GROUPS:
+            groups[g][i, : len(c_ids)] = torch.tensor(masks[g])
+    return PatchingData(normal, contrast, torch.tensor([len(r[1]) - 1 for r in rows]),
+                        torch.tensor([r[2] for r in rows]), torch.tensor([r[3] for r in rows]), groups, dropped)
+
+
+def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Tensor,
+               contrast_answer: torch.Tensor) -> torch.Tensor:
+    """Per-row normal-answer minus contrast-answer logit at each row's last prompt token."""
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    final = logits[rows, last.to(logits.device)]
+    return (final.gather(1, normal_answer.to(logits.device)[:, None])
+            - final.gather(1, contrast_answer.to(logits.device)[:, None]))[:, 0]
+
+
+class Patcher:
+    """Caches the normal and contrast runs of `data` once and answers every patching question on
+    them. Work is done in chunks of `batch_size` examples; senders / heads are stacked along the
+    batch dimension (`rows_per_pass` rows per forward pass)."""
+
+    def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int = 256):
+        self.model = model
+        self.bridge = model.bridge
+        self.data = data
+        self.batch_size = batch_size
+        self.rows_per_pass = rows_per_pass
+        self.n_layers = model.n_layers
+        self.n_heads = model.n_heads
+        self.n_kv_heads = int(getattr(self.bridge.cfg, "n_key_value_heads", None) or self.n_heads)
+        self.device = model.device
+        self.chunks = [data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size)]
+        self._caches = [self._cache(c) for c in self.chunks]
+        ld_n = torch.cat([c["ld_normal"] for c in self._caches])
+        ld_c = torch.cat([c["ld_contrast"] for c in self._caches])
+        self.ld_normal = float(ld_n.mean())
+        self.ld_contrast = float(ld_c.mean())
+        self.fast_output_path = self._fast_path_holds()
+
+    def _fast_path_holds(self, atol: float = 1e-3) -> bool:
+        """The analytic run 1 (see _frozen_resid_at_last) assumes a pre-norm sequential block:
+        resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp(ln2(resid_mid)). Check it
+        on this model by rebuilding the contrast run's final logits that way; architectures that
+        differ (parallel attention and MLP, extra norms) use the hooked run 1 instead."""
+        chunk, cache = self.chunks[0], self._caches[0]
+        c = cache["contrast"]
+        rows = torch.arange(chunk.size)
+        try:
+            with torch.inference_mode():
+                resid = c["blocks.0.hook_resid_pre"][rows, chunk.last]
+                for layer in range(self.n_layers):
+                    blk = self.bridge.blocks[layer]
+                    z = c[z_hook(layer)][rows, chunk.last][:, None]
+                    resid = resid + blk.attn.o(z.flatten(-2))[:, 0]
+                    resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
+                logits = self.bridge.unembed(self.bridge.ln_final(resid[:, None]))[:, 0]
+            ld = logits[rows, chunk.normal_answer] - logits[rows, chunk.contrast_answer]
+        except Exception:  # a block without these parts
+            return False
+        scale = max(1.0, float(cache["ld_contrast"].abs().max()))
+        return bool((ld.float().cpu() - cache["ld_contrast"]).abs().max() <= atol * scale)
+
+    # ---- caches -------------------------------------------------------------------------------
+    def _names(self) -> list[str]:
+        names = []
+        for layer in range(self.n_layers):
+            names += [z_hook(layer), f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_mid",
+                      f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
+        return names
+
+    def _cache(self, chunk: PatchingData) -> dict:
+        names = set(self._names())
+        out = {}
+        with torch.inference_mode():
+            for kind, tokens in (("normal", chunk.normal), ("contrast", chunk.contrast)):
+                logits, cache = self.bridge.run_with_cache(tokens.to(self.device), names_filter=lambda n: n in names)
+                out[f"ld_{kind}"] = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).float().cpu()
+                out[kind] = {n: cache[n] for n in names}
+        return out
+
+    def normalise(self, ld: torch.Tensor | float) -> torch.Tensor | float:
+        return (ld - self.ld_contrast) / (self.ld_contrast - self.ld_normal)
+
+    def _mean_over_chunks(self, per_chunk: Iterable[torch.Tensor]) -> torch.Tensor:
+        """Per-chunk sums of LD (any leading shape, examples last) -> mean over all examples."""
+        total = None
+        for s in per_chunk:
+            total = s if total is None else total + s
+        return total / self.data.size
+
+    # ---- activation patching ------------------------------------------------------------------
+    def activation_patching(self, group: str | None = None) -> torch.Tensor:
+        """[layers, heads]: each head's hook_z copied from the normal run into the contrast run, at
+        all positions or only at a position group's positions; normalised."""
+        heads = [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
+        sums = self._mean_over_chunks(self._act_patch_chunk(i, heads, group) for i in range(len(self.chunks)))
+        return self.normalise(sums).reshape(self.n_layers, self.n_heads)
+
+    def _act_patch_chunk(self, ci: int, heads: Sequence[tuple[int, int]], group: str | None) -> torch.Tensor:
+        chunk, cache = self.chunks[ci], self._caches[ci]
+        b = chunk.size
+        mask = chunk.groups[group].to(self.device) if group else None
+        per_pass = max(1, self.rows_per_pass // b)
+        sums = []
+        for start in range(0, len(heads), per_pass):
+            block = heads[start:start + per_pass]
+            tokens = chunk.contrast.to(self.device).repeat(len(block), 1)
+            hooks = []
+            for layer in sorted({layer for layer, _ in block}):
+                rows = [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer]
+                hooks.append((z_hook(layer), self._patch_z_rows(rows, cache["normal"][z_hook(layer)], b, mask)))
+            with torch.inference_mode():
+                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+            ld = logit_diff(logits, chunk.last.repeat(len(block)), chunk.normal_answer.repeat(len(block)),
+                            chunk.contrast_answer.repeat(len(block)))
+            sums.append(ld.float().cpu().reshape(len(block), b).sum(1))
+        return torch.cat(sums)
+
+    @staticmethod
+    def _patch_z_rows(rows, source, b, mask):
+        def hook(z, hook):
+            for i, h in rows:
+                sl = slice(i * b, (i + 1) * b)
+                if mask is None:
+                    z[sl, :, h] = source[:, :, h]
+                else:
+                    z[sl, :, h] = torch.where(mask[..., None], source[:, :, h], z[sl, :, h])
+            return z
+        return hook
+
+    # ---- path patching ------------------------------------------------------------------------
+    def path_patching(self, receiver: Receiver | str = RECEIVER_OUTPUT) -> torch.Tensor:
+        """[layers, heads]: the paper's path patching from every sender head to `receiver`.
+
+        Run 1: the contrast prompt with every head's hook_z frozen to its contrast value except the
+        sender's, which takes its normal value; MLPs and norms recompute. To the output, the metric
+        is read from run 1. To a head's q/k/v: its input is taken from run 1 and patched into a
+        clean contrast run (run 2)."""
+        receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
+        senders = [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
+        if receiver.is_output and self.fast_output_path:
+            sums = self._mean_over_chunks(self._path_output_chunk(i) for i in range(len(self.chunks)))
+        elif receiver.is_output:
+            sums = self._mean_over_chunks(self._path_output_chunk_hooked(i, senders) for i in range(len(self.chunks)))
+        else:
+            sums = self._mean_over_chunks(self._path_head_chunk(i, senders, receiver) for i in range(len(self.chunks)))
+        return self.normalise(sums).reshape(self.n_layers, self.n_heads)
+
+    def _frozen_resid_at_last(self, ci: int, sender_layer: int) -> torch.Tensor:
+        """Run 1 at the last prompt position for every sender head of `sender_layer`, stacked
+        [heads * B, d_model]. With every head frozen, attention moves nothing between positions, so
+        the last position evolves alone: the sender's changed head output enters through the output
+        projection, and only norms and MLPs recompute, layer by layer."""
+        chunk, cache = self.chunks[ci], self._caches[ci]
+        c, n = cache["contrast"], cache["normal"]
+        b, rows = chunk.size, torch.arange(chunk.size)
+        last = chunk.last
+        heads = self.n_heads
+        block = self.bridge.blocks[sender_layer]
+        z_c = c[z_hook(sender_layer)][rows, last]  # [B, H, d]
+        z_n = n[z_hook(sender_layer)][rows, last]
+        z = z_c.unsqueeze(0).repeat(heads, 1, 1, 1)  # [H_sender, B, H, d]
+        idx = torch.arange(heads)
+        z[idx, :, idx] = z_n.permute(1, 0, 2)[idx]
+        attn_out = block.attn.o(z.reshape(heads * b, 1, -1))[:, 0]  # [H*B, d]
+        resid = c[f"blocks.{sender_layer}.hook_resid_pre"][rows, last].repeat(heads, 1) + attn_out
+        for layer in range(sender_layer, self.n_layers):
+            blk = self.bridge.blocks[layer]
+            if layer > sender_layer:  # every head frozen: the contrast run's attention output
+                resid = resid + c[f"blocks.{layer}.hook_attn_out"][rows, last].repeat(heads, 1)
+            resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
+        return resid
+
+    def _path_output_chunk(self, ci: int) -> torch.Tensor:
+        chunk = self.chunks[ci]
+        sums = []
+        with torch.inference_mode():
+            for layer in range(self.n_layers):
+                resid = self._frozen_resid_at_last(ci, layer)
+                logits = self.bridge.unembed(self.bridge.ln_final(resid[:, None]))[:, 0]  # [H*B, V]
+                rows = torch.arange(logits.shape[0])
+                na = chunk.normal_answer.repeat(self.n_heads).to(logits.device)
+                ca = chunk.contrast_answer.repeat(self.n_heads).to(logits.device)
+                ld = logits[rows, na] - logits[rows, ca]
+                sums.append(ld.float().cpu().reshape(self.n_heads, chunk.size).sum(1))
+        return torch.cat(sums)
+
+    def _path_output_chunk_hooked(self, ci: int, senders) -> torch.Tensor:
+        """Run 1 as batched hooked forward passes (any architecture), metric read from its logits."""
+        chunk, cache = self.chunks[ci], self._caches[ci]
+        b = chunk.size
+        per_pass = max(1, self.rows_per_pass // b)
+        sums = []
+        for start in range(0, len(senders), per_pass):
+            block = senders[start:start + per_pass]
+            tokens = chunk.contrast.to(self.device).repeat(len(block), 1)
+            hooks = [(z_hook(layer), self._freeze_z(cache["contrast"][z_hook(layer)], cache["normal"][z_hook(layer)],
+                                                    [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer], b))
+                     for layer in range(self.n_layers)]
+            with torch.inference_mode():
+                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+            ld = logit_diff(logits, chunk.last.repeat(len(block)), chunk.normal_answer.repeat(len(block)),
+                            chunk.contrast_answer.repeat(len(block)))
+            sums.append(ld.float().cpu().reshape(len(block), b).sum(1))
+        return torch.cat(sums)
+
+    def _path_head_chunk(self, ci: int, senders, receiver: Receiver) -> torch.Tensor:
+        """Run 1 and run 2 as batched hooked forward passes, senders stacked along the batch; run 1
+        stops at the receiver's layer. Senders at or above the receiver's layer cannot reach its input
+        (their effect is exactly 0: run 2 is then the clean contrast run)."""
+        chunk, cache = self.chunks[ci], self._caches[ci]
+        b = chunk.size
+        live = [(layer, head) for layer, head in senders if layer < receiver.layer]
+        clean = float(cache["ld_contrast"].sum())
+        out = torch.full((len(senders),), clean)
+        per_pass = max(1, self.rows_per_pass // b)
+        recv_hook = qkv_hook(receiver.layer, receiver.which)
+        group = self.n_heads // self.n_kv_heads
+        recv_index = receiver.head if receiver.which == "q" else receiver.head // group
+        for start in range(0, len(live), per_pass):
+            block = live[start:start + per_pass]
+            tokens = chunk.contrast.to(self.device).repeat(len(block), 1)
+            hooks = []
+            for layer in range(receiver.layer):
+                rows = [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer]
+                hooks.append((z_hook(layer), self._freeze_z(cache["contrast"][z_hook(layer)],
+                                                            cache["normal"][z_hook(layer)], rows, b)))
+            captured = {}
+
+            def capture(x, hook):
+                captured["x"] = x[:, :, recv_index].clone()
+                return x
+            hooks.append((recv_hook, capture))
+            with torch.inference_mode():
+                self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=receiver.layer + 1)
+
+                def patch(x, hook):
+                    x[:, :, recv_index] = captured["x"]
+                    return x
+                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=[(recv_hook, patch)])
+            ld = logit_diff(logits, chunk.last.repeat(len(block)), chunk.normal_answer.repeat(len(block)),
+                            chunk.contrast_answer.repeat(len(block)))
+            sums = ld.float().cpu().reshape(len(block), b).sum(1)
+            for (layer, head), s in zip(block, sums):
+                out[layer * self.n_heads + head] = s
+        return out
+
+    @staticmethod
+    def _freeze_z(contrast_z, normal_z, sender_rows, b):
+        """Every head frozen to its contrast value; each stacked sender row-block gets its sender
+        head's normal value."""
+        def hook(z, hook):
+            n = z.shape[0] // b
+            z = contrast_z.repeat(n, 1, 1, 1).clone()
+            for i, h in sender_rows:
+                z[i * b:(i + 1) * b, :, h] = normal_z[:, :, h]
+            return z
+        return hook
+
+    # ---- attribution patching -----------------------------------------------------------------
+    def attribution_patching(self) -> torch.Tensor:
+        """[layers, heads]: first-order estimate of activation patching for every head from one
+        forward and one backward pass per chunk: sum over positions of (z_normal - z_contrast) .
+        dLD/dz at the contrast run; normalised like the exact methods."""
+        total = torch.zeros(self.n_layers, self.n_heads)
+        for chunk, cache in zip(self.chunks, self._caches):
+            grads: dict[int, torch.Tensor] = {}
+            zs: dict[int, torch.Tensor] = {}
+
+            def keep(layer):
+                def hook(z, hook):
+                    z.retain_grad()
+                    zs[layer] = z
+                    return z
+                return hook
+            with torch.enable_grad():
+                logits = self.bridge.run_with_hooks(
+                    chunk.contrast.to(self.device),
+                    fwd_hooks=[(z_hook(layer), keep(layer)) for layer in range(self.n_layers)])
+                ld = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum()
+                ld.backward()
+            for layer in range(self.n_layers):
+                grads[layer] = zs[layer].grad
+                delta = cache["normal"][z_hook(layer)] - cache["contrast"][z_hook(layer)]
+                # pads sit right of every real token and get no gradient, so summing over T is safe
+                total[layer] += (delta * grads[layer]).sum(dim=(0, 1, 3)).float().cpu()
+            self.bridge.zero_grad(set_to_none=True)
+        return total / self.data.size / (self.ld_contrast - self.ld_normal)
+
+    # ---- patched runs used by ablation and discovery checks -------------------------------------
+    def patched_logit_diff(self, heads: Sequence[tuple[int, int]]) -> float:
+        """Normalised effect of patching a *set* of heads' hook_z from the normal run at once."""
+        sums = []
+        for chunk, cache in zip(self.chunks, self._caches):
+            hooks = []
+            for layer in sorted({lyr for lyr, _ in heads}):
+                rows = [(0, h) for lyr, h in heads if lyr == layer]
+                hooks.append((z_hook(layer), self._patch_z_rows(rows, cache["normal"][z_hook(layer)], chunk.size, None)))
+            with torch.inference_mode():
+                logits = self.bridge.run_with_hooks(chunk.contrast.to(self.device), fwd_hooks=hooks)
+            sums.append(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum().float().cpu())
+        return float(self.normalise(self._mean_over_chunks(sums)))

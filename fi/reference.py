@@ -1,0 +1,99 @@
+"""Plain reference implementations, kept as yardsticks for the fast engine (tests and bench/).
+
+They follow the paper's notebooks literally: one sender (or head) at a time, two full forward passes
+per sender for path patching, a small batch of prompts at a time. Slow by design; never used by the
+workflow.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fi.patching import PatchingData, Receiver, logit_diff, qkv_hook, z_hook
+
+
+def _runs(model, data: PatchingData, batch: int):
+    for i in range(0, data.size, batch):
+        yield data.subset(slice(i, i + batch))
+
+
+def _ld(model, chunk, logits):
+    return logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+
+
+def reference_baselines(model, data: PatchingData, batch: int = 4):
+    n, c = [], []
+    with torch.inference_mode():
+        for chunk in _runs(model, data, batch):
+            n.append(_ld(model, chunk, model.bridge(chunk.normal.to(model.device))))
+            c.append(_ld(model, chunk, model.bridge(chunk.contrast.to(model.device))))
+    return float(torch.cat(n).mean()), float(torch.cat(c).mean())
+
+
+def reference_path_patching(model, data: PatchingData, receiver: Receiver | str = "output", batch: int = 4) -> torch.Tensor:
+    """The paper's per-sender two-pass path patching, normalised as in fi.patching."""
+    receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
+    b = model.bridge
+    L, H = model.n_layers, model.n_heads
+    n_kv = int(getattr(b.cfg, "n_key_value_heads", None) or H)
+    ld_n, ld_c = reference_baselines(model, data, batch)
+    out = torch.zeros(L, H)
+    for layer in range(L):
+        for head in range(H):
+            total = 0.0
+            for chunk in _runs(model, data, batch):
+                normal, contrast = chunk.normal.to(model.device), chunk.contrast.to(model.device)
+                with torch.inference_mode():
+                    _, cache_n = b.run_with_cache(normal, names_filter=lambda nm: nm.endswith("hook_z"))
+                    _, cache_c = b.run_with_cache(contrast, names_filter=lambda nm: nm.endswith("hook_z"))
+
+                    def freeze(lyr):
+                        def hook(z, hook):
+                            z = cache_c[z_hook(lyr)].clone()
+                            if lyr == layer:
+                                z[:, :, head] = cache_n[z_hook(lyr)][:, :, head]
+                            return z
+                        return hook
+                    hooks = [(z_hook(lyr), freeze(lyr)) for lyr in range(L)]
+                    if receiver.is_output:  # pass 1 is the whole story
+                        logits = b.run_with_hooks(contrast, fwd_hooks=hooks)
+                    else:
+                        which = receiver.head if receiver.which == "q" else receiver.head // (H // n_kv)
+                        name = qkv_hook(receiver.layer, receiver.which)
+                        store = {}
+
+                        def grab(x, hook):
+                            store["x"] = x[:, :, which].clone()
+                            return x
+                        b.run_with_hooks(contrast, fwd_hooks=hooks + [(name, grab)])
+
+                        def put(x, hook):
+                            x[:, :, which] = store["x"]
+                            return x
+                        logits = b.run_with_hooks(contrast, fwd_hooks=[(name, put)])
+                total += float(_ld(model, chunk, logits).sum())
+            out[layer, head] = total / data.size
+    return (out - ld_c) / (ld_c - ld_n)
+
+
+def reference_activation_patching(model, data: PatchingData, group: str | None = None, batch: int = 4) -> torch.Tensor:
+    """One head at a time: its hook_z from the normal run into the contrast run."""
+    b = model.bridge
+    ld_n, ld_c = reference_baselines(model, data, batch)
+    out = torch.zeros(model.n_layers, model.n_heads)
+    for layer in range(model.n_layers):
+        for head in range(model.n_heads):
+            total = 0.0
+            for chunk in _runs(model, data, batch):
+                with torch.inference_mode():
+                    _, cache_n = b.run_with_cache(chunk.normal.to(model.device), names_filter=z_hook(layer))
+                    mask = chunk.groups[group].to(model.device) if group else None
+
+                    def patch(z, hook):
+                        src = cache_n[z_hook(layer)][:, :, head]
+                        z[:, :, head] = src if mask is None else torch.where(mask[..., None], src, z[:, :, head])
+                        return z
+                    logits = b.run_with_hooks(chunk.contrast.to(model.device), fwd_hooks=[(z_hook(layer), patch)])
+                total += float(_ld(model, chunk, logits).sum())
+            out[layer, head] = total / data.size
+    return (out - ld_c) / (ld_c - ld_n)
