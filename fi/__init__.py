@@ -11,6 +11,8 @@ Modules, one concern each:
   tables      aggregation, Wilson intervals, the paper's CSV format
   plots       seaborn figures
   stages      one function per Snakemake rule
+  parity      our bridge's logits against plain transformers (`fi parity`)
+  cli         the `fi` command
 """
 
 __version__ = "0.1.0"

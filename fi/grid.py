@@ -6,8 +6,10 @@ every path a rule writes is built by the functions below so that tests and rules
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,16 +136,20 @@ def builtin_model_dir(mid: str) -> str:
     return f"{RESULTS}/models/{mid}"
 
 
+def _cell_path(stage: str, cell: Cell) -> str:
+    return f"{RESULTS}/{stage}/{cell.model}/{cell.task}/{cell.variant}/shots{cell.shots}.parquet"
+
+
 def eval_path(cell: Cell) -> str:
-    return f"{RESULTS}/eval/{cell.model}/{cell.task}/{cell.variant}/shots{cell.shots}.parquet"
+    return _cell_path("eval", cell)
 
 
 def attribution_path(cell: Cell) -> str:
-    return f"{RESULTS}/attribution/{cell.model}/{cell.task}/{cell.variant}/shots{cell.shots}.parquet"
+    return _cell_path("attribution", cell)
 
 
 def ablation_path(cell: Cell) -> str:
-    return f"{RESULTS}/ablation/{cell.model}/{cell.task}/{cell.variant}/shots{cell.shots}.parquet"
+    return _cell_path("ablation", cell)
 
 
 def heads_path(mid: str) -> str:
@@ -162,6 +168,7 @@ def check_config(config: dict) -> None:
     if not config["models"]:
         errors.append("models: at least one model is needed")
     seen = {}
+    hub_names: list[str] = []
     for name, cfg in config["models"].items():
         try:
             mid = model_id(name)
@@ -176,7 +183,9 @@ def check_config(config: dict) -> None:
         elif cfg.get("path"):
             errors += _check_local_model(name, cfg["path"])
         elif not cfg.get("builtin"):
-            errors += _check_hub_model(name)
+            hub_names.append(name)
+    errors += _check_hub_models(hub_names)
+    errors += _check_reference((config.get("plots") or {}).get("reference"))
     if not task_names(config):
         errors.append(f"tasks: no task family configured; known: {sorted(FAMILIES)}")
     max_shots = max(config["shots"])
@@ -226,16 +235,131 @@ def _check_local_model(name: str, path: str) -> list[str]:
     return check_local_checkpoint_files(path, name)
 
 
-def _check_hub_model(name: str) -> list[str]:
-    """A hub name must be in the local HF cache when offline; online it is checked at load time."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("1", "true", "True", "yes"):
+# ---- hub names and the reference table ---------------------------------------------------------
+
+HUB_CHECK_ENV = "FI_HUB_CHECK"
+HUB_CHECK_MODES = ("cache", "online", "off")
+HUB_TIMEOUT_S = 10.0
+# The paper's CSV columns (= fi.tables.PAPER_COLUMNS; repeated here to keep this module light).
+REFERENCE_COLUMNS = ["model_name", "setting", "nmax", "offset", "n_icl_example", "cf_acc", "orig_acc"]
+
+
+def hub_check_mode() -> str:
+    """How hub model names are checked before any job runs, from $FI_HUB_CHECK:
+      cache   the name must be in the local HF cache (default when HF_HUB_OFFLINE=1)
+      online  in the local HF cache, or else it must exist on the hub (default otherwise; when the
+              hub cannot be reached, names are left to the jobs, which fail naming the model)
+      off     not checked (to plan a DAG on a machine without the weights: `snakemake -n`)"""
+    mode = os.environ.get(HUB_CHECK_ENV, "").strip().lower()
+    if mode:
+        return mode
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
+    return "cache" if offline else "online"
+
+
+def official_name(name: str) -> str:
+    """A TransformerLens alias ('gpt2-small') as its HF name; any other name as it is. Reads
+    TransformerLens' alias table without importing the package (which imports torch)."""
+    return _aliases().get(name, name)
+
+
+@functools.lru_cache(maxsize=1)
+def _aliases() -> dict:
+    import importlib.util
+    import json
+
+    try:
+        spec = importlib.util.find_spec("transformer_lens")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        table = json.loads((root / "tools" / "model_registry" / "data" / "model_aliases.json").read_text())
+        table = table.get("aliases", table)
+        return {alias: official for official, aliases in table.items() if isinstance(aliases, list)
+                for alias in aliases}
+    except Exception:  # pragma: no cover - no TransformerLens or another layout: no aliases
+        return {}
+
+
+def _check_hub_models(names: list[str]) -> list[str]:
+    """Hub names (no `path`) that cannot be loaded, one error each, naming the model."""
+    mode = hub_check_mode()
+    if mode not in HUB_CHECK_MODES:
+        return [f"{HUB_CHECK_ENV}={mode!r}: expected one of {', '.join(HUB_CHECK_MODES)}"]
+    if mode == "off" or not names:
         return []
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - transformers always brings huggingface_hub
         return []
-    found = try_to_load_from_cache(name, "config.json")
-    if not isinstance(found, str):
-        return [f"models: {name!r} is neither a local folder (give `path`) nor in the local HF cache, "
-                "and HF_HUB_OFFLINE=1 forbids downloading it"]
+    missing = [n for n in names if not isinstance(try_to_load_from_cache(official_name(n), "config.json"), str)]
+    if mode == "cache":
+        return [f"models: {n!r} is neither a local folder (give `path`) nor in the local HF cache, and "
+                f"HF_HUB_OFFLINE=1 forbids downloading it (download it first; {HUB_CHECK_ENV}=off skips "
+                "this check, e.g. to plan the DAG with `snakemake -n`)" for n in missing]
+    if not missing:
+        return []
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(8, len(missing))) as pool:
+        found = list(pool.map(_on_hub, missing))
+    if None in found:
+        sys.stderr.write(f"fi: could not reach the Hugging Face hub to check {missing}; each is checked "
+                         "when its jobs load it\n")
+    return [f"models: {n!r} is not a model on the Hugging Face hub (and has no `path` to a local folder)"
+            for n, ok in zip(missing, found) if ok is False]
+
+
+def _on_hub(name: str) -> bool | None:
+    """True / False: the hub has / has not this model; None: the hub did not answer."""
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(official_name(name), timeout=HUB_TIMEOUT_S)
+    except GatedRepoError:  # exists; the download needs a token (checked at load time)
+        return True
+    except RepositoryNotFoundError:
+        return False
+    except Exception:  # no network, proxy, rate limit: cannot tell
+        return None
+    return True
+
+
+def _check_reference(path: str | None) -> list[str]:
+    """plots.reference must be a CSV with the paper's columns."""
+    if not path:
+        return []
+    import csv
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        return [f"plots.reference: {str(path)!r} does not exist (expected a CSV in the paper's format with "
+                f"columns {', '.join(REFERENCE_COLUMNS)})"]
+    try:
+        with open(file, newline="") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        return [f"plots.reference: cannot read {str(path)!r}: {err}"]
+    missing = [c for c in REFERENCE_COLUMNS if c not in header]
+    if missing:
+        return [f"plots.reference: {str(path)!r} is not in the paper's format: missing columns "
+                f"{', '.join(missing)} (has {', '.join(header) or 'no header'})"]
     return []
+
+
+# ---- per-model job resources (SLURM and local scheduling) ----------------------------------------
+
+MODEL_RESOURCE_DEFAULTS = {"gpus": 0, "mem_mb": 4000, "runtime": 30}
+# A model's `resources.mem_mb` / `runtime` are those of one evaluate job; other rules take multiples
+# (memory, runtime): attribution keeps two runs' activations and does L x H patched passes; ablation
+# evaluates the cell once per head set.
+RULE_RESOURCE_SCALE = {"evaluate": (1, 1), "head_types": (1, 1), "discover_heads": (1, 1), "ablate": (1, 2),
+                       "attribute": (2, 4), "parity": (1, 1)}
+
+
+def job_resources(entry: ModelEntry, rule: str, attempt: int = 1) -> dict:
+    """mem_mb, runtime (minutes, growing with the attempt: a retried job runs with a halved batch)
+    and gpu (the count that snakemake's SLURM executor turns into --gpus) of one job of `rule`."""
+    r = {**MODEL_RESOURCE_DEFAULTS, **(entry.cfg.get("resources") or {})}
+    mem_x, time_x = RULE_RESOURCE_SCALE[rule]
+    return {"mem_mb": int(r["mem_mb"] * mem_x), "runtime": int(r["runtime"] * time_x * max(1, attempt)),
+            "gpu": int(r["gpus"])}

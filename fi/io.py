@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -11,11 +12,25 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 
+def _remove_stale_temps(path: Path) -> None:
+    """Drop `.{name}.XXXX.tmp` siblings left by an earlier writer of `path` that was killed (SIGKILL
+    skips the cleanup below). Only one job at a time writes a given output, so any is stale."""
+    stale = re.compile(rf"^\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp$")
+    for p in path.parent.iterdir():
+        if not stale.match(p.name):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it into place only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
@@ -39,6 +54,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Like atomic_path, for a whole folder (a saved checkpoint)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp

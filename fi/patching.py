@@ -10,8 +10,8 @@ Conventions (the paper's, section 2):
     0 means no effect, -1 means the patch fully restores the normal behaviour (answering a+b).
 
 Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
-tokenizers), or whose two answers start with the same token, carry no signal and are dropped; the
-count kept is reported.
+tokenizers), whose answer merges into the prompt's last token (see fi.answers), or whose two answers
+start with the same token, carry no signal and are dropped; the count dropped is reported.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-from fi.answers import answer_token_ids
+from fi.answers import AnswerTokenizationError, answer_token_ids
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
@@ -117,8 +117,12 @@ def build_patching_data(model, family, variant, records, shots: int, max_example
     rows, dropped = [], 0
     for ex in examples:
         n_ids, c_ids = model.encode(ex.normal_prompt), model.encode(ex.contrast_prompt)
-        n_ans = answer_token_ids(model, ex.contrast_prompt, ex.normal_answer, c_ids)[0]
-        c_ans = answer_token_ids(model, ex.contrast_prompt, ex.contrast_answer, c_ids)[0]
+        try:
+            n_ans = answer_token_ids(model, ex.contrast_prompt, ex.normal_answer, c_ids)[0]
+            c_ans = answer_token_ids(model, ex.contrast_prompt, ex.contrast_answer, c_ids)[0]
+        except AnswerTokenizationError:  # the answer merges into the prompt's last token
+            dropped += 1
+            continue
         if len(n_ids) != len(c_ids) or n_ans == c_ans:
             dropped += 1
             continue
@@ -127,7 +131,8 @@ def build_patching_data(model, family, variant, records, shots: int, max_example
             break
     if not rows:
         raise ValueError(f"{model.name}: no example of {variant.name} at {shots} shots has aligned normal "
-                         "and contrast prompts with different answers; nothing to patch")
+                         "and contrast prompts with different, separately tokenized answers; nothing to "
+                         f"patch ({dropped} of {len(examples)} examples dropped)")
     width = max(len(r[0]) for r in rows)
     normal = torch.full((len(rows), width), model.pad_id, dtype=torch.long)
     contrast = normal.clone()
@@ -232,25 +237,36 @@ class Patcher:
         sums = self._mean_over_chunks(self._act_patch_chunk(i, heads, group) for i in range(len(self.chunks)))
         return self.normalise(sums).reshape(self.n_layers, self.n_heads)
 
-    def _act_patch_chunk(self, ci: int, heads: Sequence[tuple[int, int]], group: str | None) -> torch.Tensor:
-        chunk, cache = self.chunks[ci], self._caches[ci]
+    def _stacked(self, chunk: PatchingData, items: Sequence, run) -> torch.Tensor:
+        """Per-item sums of LD over the chunk, the contrast prompt repeated once per item along the
+        batch (`rows_per_pass` rows a pass); `run(block, tokens)` runs one block of items."""
         b = chunk.size
-        mask = chunk.groups[group].to(self.device) if group else None
         per_pass = max(1, self.rows_per_pass // b)
         sums = []
-        for start in range(0, len(heads), per_pass):
-            block = heads[start:start + per_pass]
+        for start in range(0, len(items), per_pass):
+            block = items[start:start + per_pass]
             tokens = chunk.contrast.to(self.device).repeat(len(block), 1)
-            hooks = []
-            for layer in sorted({layer for layer, _ in block}):
-                rows = [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer]
-                hooks.append((z_hook(layer), self._patch_z_rows(rows, cache["normal"][z_hook(layer)], b, mask)))
             with torch.inference_mode():
-                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+                logits = run(block, tokens)
             ld = logit_diff(logits, chunk.last.repeat(len(block)), chunk.normal_answer.repeat(len(block)),
                             chunk.contrast_answer.repeat(len(block)))
             sums.append(ld.float().cpu().reshape(len(block), b).sum(1))
-        return torch.cat(sums)
+        return torch.cat(sums) if sums else torch.zeros(0)
+
+    @staticmethod
+    def _rows_of_layer(block, layer):
+        return [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer]
+
+    def _act_patch_chunk(self, ci: int, heads: Sequence[tuple[int, int]], group: str | None) -> torch.Tensor:
+        chunk, cache = self.chunks[ci], self._caches[ci]
+        mask = chunk.groups[group].to(self.device) if group else None
+
+        def run(block, tokens):
+            hooks = [(z_hook(layer), self._patch_z_rows(self._rows_of_layer(block, layer),
+                                                        cache["normal"][z_hook(layer)], chunk.size, mask))
+                     for layer in sorted({layer for layer, _ in block})]
+            return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        return self._stacked(chunk, heads, run)
 
     @staticmethod
     def _patch_z_rows(rows, source, b, mask):
@@ -321,64 +337,45 @@ class Patcher:
                 sums.append(ld.float().cpu().reshape(self.n_heads, chunk.size).sum(1))
         return torch.cat(sums)
 
+    def _frozen_hooks(self, cache: dict, block, b: int, n_layers: int) -> list:
+        return [(z_hook(layer), self._freeze_z(cache["contrast"][z_hook(layer)], cache["normal"][z_hook(layer)],
+                                               self._rows_of_layer(block, layer), b))
+                for layer in range(n_layers)]
+
     def _path_output_chunk_hooked(self, ci: int, senders) -> torch.Tensor:
         """Run 1 as batched hooked forward passes (any architecture), metric read from its logits."""
         chunk, cache = self.chunks[ci], self._caches[ci]
-        b = chunk.size
-        per_pass = max(1, self.rows_per_pass // b)
-        sums = []
-        for start in range(0, len(senders), per_pass):
-            block = senders[start:start + per_pass]
-            tokens = chunk.contrast.to(self.device).repeat(len(block), 1)
-            hooks = [(z_hook(layer), self._freeze_z(cache["contrast"][z_hook(layer)], cache["normal"][z_hook(layer)],
-                                                    [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer], b))
-                     for layer in range(self.n_layers)]
-            with torch.inference_mode():
-                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-            ld = logit_diff(logits, chunk.last.repeat(len(block)), chunk.normal_answer.repeat(len(block)),
-                            chunk.contrast_answer.repeat(len(block)))
-            sums.append(ld.float().cpu().reshape(len(block), b).sum(1))
-        return torch.cat(sums)
+
+        def run(block, tokens):
+            return self.bridge.run_with_hooks(tokens, fwd_hooks=self._frozen_hooks(cache, block, chunk.size, self.n_layers))
+        return self._stacked(chunk, senders, run)
 
     def _path_head_chunk(self, ci: int, senders, receiver: Receiver) -> torch.Tensor:
         """Run 1 and run 2 as batched hooked forward passes, senders stacked along the batch; run 1
         stops at the receiver's layer. Senders at or above the receiver's layer cannot reach its input
         (their effect is exactly 0: run 2 is then the clean contrast run)."""
         chunk, cache = self.chunks[ci], self._caches[ci]
-        b = chunk.size
         live = [(layer, head) for layer, head in senders if layer < receiver.layer]
-        clean = float(cache["ld_contrast"].sum())
-        out = torch.full((len(senders),), clean)
-        per_pass = max(1, self.rows_per_pass // b)
+        out = torch.full((len(senders),), float(cache["ld_contrast"].sum()))
         recv_hook = qkv_hook(receiver.layer, receiver.which)
         group = self.n_heads // self.n_kv_heads
         recv_index = receiver.head if receiver.which == "q" else receiver.head // group
-        for start in range(0, len(live), per_pass):
-            block = live[start:start + per_pass]
-            tokens = chunk.contrast.to(self.device).repeat(len(block), 1)
-            hooks = []
-            for layer in range(receiver.layer):
-                rows = [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer]
-                hooks.append((z_hook(layer), self._freeze_z(cache["contrast"][z_hook(layer)],
-                                                            cache["normal"][z_hook(layer)], rows, b)))
+
+        def run(block, tokens):
             captured = {}
 
             def capture(x, hook):
                 captured["x"] = x[:, :, recv_index].clone()
                 return x
-            hooks.append((recv_hook, capture))
-            with torch.inference_mode():
-                self.bridge.run_with_hooks(tokens, fwd_hooks=hooks, stop_at_layer=receiver.layer + 1)
 
-                def patch(x, hook):
-                    x[:, :, recv_index] = captured["x"]
-                    return x
-                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=[(recv_hook, patch)])
-            ld = logit_diff(logits, chunk.last.repeat(len(block)), chunk.normal_answer.repeat(len(block)),
-                            chunk.contrast_answer.repeat(len(block)))
-            sums = ld.float().cpu().reshape(len(block), b).sum(1)
-            for (layer, head), s in zip(block, sums):
-                out[layer * self.n_heads + head] = s
+            def patch(x, hook):
+                x[:, :, recv_index] = captured["x"]
+                return x
+            hooks = self._frozen_hooks(cache, block, chunk.size, receiver.layer)
+            self.bridge.run_with_hooks(tokens, fwd_hooks=hooks + [(recv_hook, capture)], stop_at_layer=receiver.layer + 1)
+            return self.bridge.run_with_hooks(tokens, fwd_hooks=[(recv_hook, patch)])
+        for (layer, head), s in zip(live, self._stacked(chunk, live, run)):
+            out[layer * self.n_heads + head] = s
         return out
 
     @staticmethod

@@ -59,3 +59,25 @@ def tiny_llama(tiny_llama_dir):
     from fi.models import load_model
 
     return load_model("tiny-llama", path=str(tiny_llama_dir), device="cpu")
+
+
+# The built-in model's recipe (fi.training) at a size and length that trains in well under a minute
+# on 2 cores and still learns off-by-k addition with one clear FI head.
+TRAINED_TOY = dict(d_model=64, d_mlp=256, n_layers=2, n_heads=4, steps=350, batch_size=32, warmup_steps=30,
+                   log_every=50, items=13, seed=0)
+
+
+@pytest.fixture(scope="session")
+def trained_toy_dir(tmp_path_factory) -> Path:
+    from fi.training import train_model
+
+    out = tmp_path_factory.mktemp("trained") / "fi-toy"
+    train_model(tiny_train_cfg(**TRAINED_TOY), out, threads=2, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_toy(trained_toy_dir):
+    from fi.models import load_model
+
+    return load_model("fi-toy", path=str(trained_toy_dir), device="cpu")

@@ -1,0 +1,136 @@
+"""The one patching engine against plain references and TransformerLens' own helpers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fi.patching import POSITION_GROUPS, Patcher, Receiver, build_patching_data, logit_diff, z_hook
+from fi.reference import reference_activation_patching, reference_path_patching
+from fi.tasks import get_family
+
+ADDITION = get_family("addition")
+PARAMS = {"n_examples": 12, "n_demos": 32, "seed": 42}
+TOL = 1e-4
+
+
+def data_for(model, variant="setting1_nmax9_offset1", shots=4, n=8):
+    v = ADDITION.parse_variant(variant)
+    return build_patching_data(model, ADDITION, v, ADDITION.generate(v, PARAMS), shots, max_examples=n)
+
+
+@pytest.fixture(scope="module")
+def gqa_model(tiny_gqa_llama_dir):
+    from fi.models import load_model
+
+    return load_model("tiny-gqa", path=str(tiny_gqa_llama_dir), device="cpu")
+
+
+@pytest.fixture(scope="module", params=["trained", "gqa"])
+def model(request, trained_toy, gqa_model):
+    return trained_toy if request.param == "trained" else gqa_model
+
+
+def scaled_close(a, b, patcher):
+    # compare on the logit-difference scale: normalised scores divide by (LD_contrast - LD_normal),
+    # which is tiny for a random-initialised model and would magnify float noise
+    scale = abs(patcher.ld_contrast - patcher.ld_normal)
+    return float(((a - b) * scale).abs().max()) <= TOL
+
+
+@pytest.mark.parametrize("receiver", ["output", "1.0.q", "1.1.k", "1.2.v"])
+def test_path_patching_equals_the_papers_two_pass_loop(model, receiver):
+    data = data_for(model)
+    patcher = Patcher(model, data, batch_size=3, rows_per_pass=8)
+    ours = patcher.path_patching(receiver)
+    ref = reference_path_patching(model, data, receiver, batch=4)
+    assert ours.shape == (model.n_layers, model.n_heads)
+    assert scaled_close(ours, ref, patcher), (ours, ref)
+
+
+def test_fast_output_path_is_used_and_equals_the_hooked_run(model):
+    patcher = Patcher(model, data_for(model), batch_size=4)
+    assert patcher.fast_output_path  # pre-norm sequential blocks: Llama
+    fast = patcher.path_patching("output")
+    patcher.fast_output_path = False
+    hooked = patcher.path_patching("output")
+    assert scaled_close(fast, hooked, patcher)
+
+
+def test_senders_above_a_head_receiver_have_no_effect(model):
+    patcher = Patcher(model, data_for(model), batch_size=4)
+    scores = patcher.path_patching("1.0.q")
+    assert torch.allclose(scores[1:], torch.zeros_like(scores[1:]), atol=1e-6)
+
+
+def test_activation_patching_equals_transformer_lens(model):
+    import transformer_lens.patching as tlp
+
+    data = data_for(model)
+    patcher = Patcher(model, data, batch_size=3, rows_per_pass=5)
+    ours = patcher.activation_patching()
+    _, clean_cache = model.bridge.run_with_cache(data.normal)
+
+    def metric(logits):
+        return logit_diff(logits, data.last, data.normal_answer, data.contrast_answer).mean()
+
+    theirs = tlp.get_act_patch_attn_head_out_all_pos(model.bridge, data.contrast, clean_cache, metric)
+    assert scaled_close(ours, patcher.normalise(torch.as_tensor(theirs).cpu()), patcher)
+
+
+@pytest.mark.parametrize("group", POSITION_GROUPS)
+def test_activation_patching_by_position_group_equals_reference(model, group):
+    data = data_for(model)
+    patcher = Patcher(model, data, batch_size=4)
+    assert scaled_close(patcher.activation_patching(group), reference_activation_patching(model, data, group), patcher)
+
+
+def test_position_groups_partition_the_prompt(trained_toy):
+    data = data_for(trained_toy, shots=2, n=1)
+    tokens = trained_toy.tokenizer.convert_ids_to_tokens(data.contrast[0].tolist())
+    pick = {g: "".join(t for t, m in zip(tokens, data.groups[g][0].tolist()) if m) for g in POSITION_GROUPS}
+    # "a+b=c\nd+e=f\ng+h=" with contrast answers: demo answers are the two digits after '=', the
+    # separators the three '=', the query its last line
+    assert len(pick["demo_answers"]) == 2 and pick["demo_answers"].isdigit()
+    assert pick["separators"] == "==="
+    assert pick["query"].endswith("=") and len(pick["query"]) == 4
+
+
+def test_attribution_patching_is_the_first_order_term(model):
+    """Attribution patching is d LD / d eps at z = z_contrast + eps * (z_normal - z_contrast) for
+    one head at a time; check it against a central finite difference of the true patched run."""
+    data = data_for(model, n=4)
+    patcher = Patcher(model, data, batch_size=4)
+    attr = patcher.attribution_patching()
+    _, cache_n = model.bridge.run_with_cache(data.normal)
+    _, cache_c = model.bridge.run_with_cache(data.contrast)
+    eps = 1e-2
+    for layer, head in [(0, 0), (1, 3), (0, 2)]:
+        def run(e):
+            def hook(z, hook):
+                delta = cache_n[z_hook(layer)][:, :, head] - cache_c[z_hook(layer)][:, :, head]
+                z[:, :, head] = z[:, :, head] + e * delta
+                return z
+            with torch.no_grad():
+                logits = model.bridge.run_with_hooks(data.contrast, fwd_hooks=[(z_hook(layer), hook)])
+            return float(logit_diff(logits, data.last, data.normal_answer, data.contrast_answer).mean())
+        derivative = (run(eps) - run(-eps)) / (2 * eps)
+        expected = derivative / (patcher.ld_contrast - patcher.ld_normal)
+        assert attr[layer, head] == pytest.approx(expected, rel=2e-2, abs=2e-3)
+
+
+def test_receiver_parsing():
+    assert Receiver.parse("output").is_output
+    r = Receiver.parse("3.7.k")
+    assert (r.layer, r.head, r.which, str(r)) == (3, 7, "k", "3.7.k")
+    for bad in ["3.7", "a.b.q", "3.7.z", "outputs"]:
+        with pytest.raises(ValueError, match="receiver"):
+            Receiver.parse(bad)
+
+
+def test_normalisation_convention(trained_toy):
+    patcher = Patcher(trained_toy, data_for(trained_toy), batch_size=4)
+    assert patcher.normalise(patcher.ld_contrast) == 0
+    assert patcher.normalise(patcher.ld_normal) == pytest.approx(-1)
+    # nothing patched: no effect
+    assert patcher.patched_logit_diff([]) == pytest.approx(0, abs=1e-6)
