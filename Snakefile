@@ -1,12 +1,28 @@
 # The function-induction grid: model x task x shots -> tables and plots.
 # Run: snakemake --cores all   (see README.md)
 
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# config.yaml is the default grid; `--configfile other.yaml` replaces it instead of extending it
+# (several --configfile files still merge in order: `--configfile config.yaml extra.yaml`).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+# Hub model names are checked (local HF cache, or the hub) once, by the main snakemake process; the
+# job processes a cluster starts do not repeat it (see fi.grid.hub_check_mode).
+if not workflow.is_main_process:
+    os.environ.setdefault("FI_HUB_CHECK", "off")
+
+
+# `snakemake --report report.html`: this page (with the resolved config) and every report() output
+report: "workflow/report/workflow.rst"
 
 
 
@@ -19,6 +35,19 @@ include: "workflow/rules/discovery.smk"
 include: "workflow/rules/ablation.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
+include: "workflow/rules/parity.smk"
+
+
+# Light jobs that read finished tables: on a cluster (profiles/slurm) they run in the main
+# snakemake process instead of waiting in the queue.
+localrules:
+    all,
+    aggregate,
+    aggregate_attribution,
+    aggregate_ablation,
+    plot_accuracy,
+    plot_heads,
+    plot_ablation,
 
 
 rule all:

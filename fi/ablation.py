@@ -39,6 +39,9 @@ class PatchFromNormal:
     def __init__(self, heads: Sequence[Head]):
         self.layers = by_layer(heads)
         self.store: dict[tuple[int, int], torch.Tensor] = {}  # (input index, layer) -> [T, H_sel, d]
+        # examples whose contrast input is not as long as its normal source (BPE tokenizers can
+        # split the shifted numbers differently): positions would not line up, so they are dropped
+        self.misaligned: set[int] = set()
 
     def __call__(self, batch: list[ModelInput], width: int) -> list:
         hooks = []
@@ -53,8 +56,10 @@ class PatchFromNormal:
                 def patch(z, hook, layer=layer, heads=heads):
                     for row, inp in enumerate(batch):
                         src = self.store[(inp.source, layer)]
-                        n = min(src.shape[0], len(inp.tokens))
-                        z[row, :n, heads] = src[:n].to(z.dtype)
+                        if src.shape[0] != len(inp.tokens):
+                            self.misaligned.add(inp.example)
+                            continue
+                        z[row, : src.shape[0], heads] = src.to(z.dtype)
                     return z
                 hooks.append((z_hook(layer), patch))
         return hooks
@@ -124,6 +129,12 @@ def ablated_scores(model, family, variant, records, shots: int, heads: Sequence[
     df = score_examples(model, encoded, vocab, batch_size, factory)
     df.insert(1, "normal_answer", [e.normal_answer for e in examples])
     df.insert(2, "contrast_answer", [e.contrast_answer for e in examples])
+    dropped = getattr(factory, "misaligned", set())
+    if dropped:
+        df = df[~df["example"].isin(dropped)].reset_index(drop=True)
+        if df.empty:
+            raise ValueError(f"{model.name}: no example of {variant.name} has normal and contrast prompts of "
+                             "the same token length; patch-from-base needs them aligned (use mode mean or zero)")
     return df
 
 

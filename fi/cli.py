@@ -1,6 +1,7 @@
-"""The `fi` command. Subcommands (argparse), one per task that is not a Snakemake target of its own:
+"""The `fi-grid` command, also `python -m fi` (not plain `fi`: that is a shell keyword).
+Subcommands (argparse):
 
-  fi parity --config config.yaml [--out results/tables/parity.csv] [--model NAME ...] [--dtype D ...]
+  fi-grid parity --config config.yaml [--out results/tables/parity.csv] [--model NAME ...] [--dtype D ...]
       our TransformerBridge logits against plain transformers, per model and dtype (see fi.parity)
 
 Add a subcommand: write `_add_<name>(subparsers)` that registers its parser with `func=_run_<name>`,

@@ -9,12 +9,14 @@ rule ablate:
     output:
         "results/ablation/{model}/{task}/{variant}/shots{shots}.parquet",
     params:
+        code=script_code("ablate"),
         model=lambda wc: MODELS[wc.model].load_params,
         ablation={k: v for k, v in config["ablation"].items() if k not in ("shots", "variants")},
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "ablate")["mem_mb"],
+        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "ablate", attempt)["runtime"],
+        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "ablate")["gpu"],
         batch_size=lambda wc, attempt: max(1, MODELS[wc.model].cfg["batch_size"] // 2 ** (attempt - 1)),
         device=lambda wc: MODELS[wc.model].cfg["device"],
     log:
@@ -30,6 +32,8 @@ rule aggregate_ablation:
         [grid.ablation_path(c) for c in ABLATION_CELLS],
     output:
         "results/tables/ablation.parquet",
+    params:
+        code=script_code("aggregate_ablation"),
     log:
         "logs/aggregate_ablation.log",
     conda:
@@ -48,7 +52,8 @@ rule plot_ablation:
             category="Task generalization",
         ),
     params:
-        plots=config["plots"],
+        code=script_code("plot_ablation"),
+        plots={"dpi": config["plots"]["dpi"]},  # the reference curves are for accuracy plots only
     wildcard_constraints:
         ext="png|pdf|svg",
     log:

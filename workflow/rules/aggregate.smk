@@ -8,6 +8,8 @@ rule aggregate:
         table="results/tables/accuracy.parquet",
         paper="results/tables/accuracy_paper_format.csv",
         predictions="results/tables/predictions.parquet",
+    params:
+        code=script_code("aggregate"),
     log:
         "logs/aggregate.log",
     conda:

@@ -8,12 +8,14 @@ rule attribute:
     output:
         "results/attribution/{model}/{task}/{variant}/shots{shots}.parquet",
     params:
+        code=script_code("attribute"),
         model=lambda wc: MODELS[wc.model].load_params,
         attribution={k: v for k, v in config["attribution"].items() if k != "cells"},
     threads: 2
     resources:
-        mem_mb=8000,
-        runtime=120,
+        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "attribute")["mem_mb"],
+        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "attribute", attempt)["runtime"],
+        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "attribute")["gpu"],
         device=lambda wc: MODELS[wc.model].cfg["device"],
     log:
         "logs/attribute/{model}/{task}/{variant}/shots{shots}.log",
@@ -29,11 +31,13 @@ rule head_types:
     output:
         "results/head_types/{model}.parquet",
     params:
+        code=script_code("head_types"),
         model=lambda wc: MODELS[wc.model].load_params,
         head_types=config["head_types"],
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "head_types")["mem_mb"],
+        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "head_types", attempt)["runtime"],
+        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "head_types")["gpu"],
         device=lambda wc: MODELS[wc.model].cfg["device"],
     log:
         "logs/head_types/{model}.log",
@@ -50,6 +54,8 @@ rule aggregate_attribution:
         heads=[grid.heads_path(m) for m in MODELS],
     output:
         "results/tables/head_attribution.parquet",
+    params:
+        code=script_code("aggregate_attribution"),
     log:
         "logs/aggregate_attribution.log",
     conda:
@@ -68,8 +74,9 @@ rule plot_heads:
             category="Head attribution",
         ),
     params:
+        code=script_code("plot_heads"),
         model_name=lambda wc: MODELS[wc.model].name,
-        plots=config["plots"],
+        plots={"dpi": config["plots"]["dpi"]},  # the reference curves are for accuracy plots only
     wildcard_constraints:
         ext="png|pdf|svg",
     log:

@@ -1,4 +1,9 @@
 # Input functions and wildcard constraints shared by every stage.
+import hashlib
+import re
+from functools import lru_cache
+from pathlib import Path
+
 import fi.grid as grid
 from fi.config import validate_config
 from fi.tasks import get_family
@@ -16,6 +21,17 @@ wildcard_constraints:
 
 
 MODELS = {m.id: m for m in grid.models(config)}
+
+
+# Tighter still: only configured models and tasks match, so no other name (nor a path with '..')
+# can be asked for as a target; it matches no rule.
+wildcard_constraints:
+    model="|".join(re.escape(m) for m in MODELS),
+    task="|".join(re.escape(t) for t in grid.task_names(config)),
+
+
+# train_model's wildcard: only built-in models are trained ("(?!)" matches nothing).
+BUILTIN_MODELS = "|".join(re.escape(m.id) for m in MODELS.values() if m.builtin) or "(?!)"
 CELLS = grid.cells(config)
 ATTRIBUTION_CELLS = grid.attribution_cells(config)
 ABLATION_CELLS = grid.ablation_cells(config)
@@ -58,6 +74,15 @@ def discovery_inputs(wildcards):
     if m.name not in config["discovery"]["heads"]:
         inputs["attribution"] = grid.attribution_path(cell)
     return inputs
+
+
+@lru_cache(maxsize=None)
+def script_code(name):
+    """The code version of a rule: the content hash of its workflow/scripts/<name>.py, kept in the
+    rule's params. Snakemake's own code trigger compares the script's mtime with the outputs', which
+    a `git clone` resets; this compares content (see profiles/default/config.yaml)."""
+    script = Path(workflow.basedir) / "workflow" / "scripts" / f"{name}.py"
+    return "sha256:" + hashlib.sha256(script.read_bytes()).hexdigest()[:16]
 
 
 def task_cfg(task):

@@ -8,12 +8,14 @@ rule evaluate:
     output:
         "results/eval/{model}/{task}/{variant}/shots{shots}.parquet",
     params:
+        code=script_code("evaluate"),
         # device and batch size change no number, so they are resources, not rerun triggers
         model=lambda wc: MODELS[wc.model].load_params,
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=30,
+        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "evaluate")["mem_mb"],
+        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "evaluate", attempt)["runtime"],
+        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "evaluate")["gpu"],
         batch_size=lambda wc, attempt: max(1, MODELS[wc.model].cfg["batch_size"] // 2 ** (attempt - 1)),
         device=lambda wc: MODELS[wc.model].cfg["device"],
     log:

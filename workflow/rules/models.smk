@@ -5,7 +5,10 @@ rule train_model:
     output:
         directory("results/models/{model}"),
     params:
+        code=script_code("train_model"),
         train=lambda wc: MODELS[wc.model].cfg["train"],
+    wildcard_constraints:
+        model=BUILTIN_MODELS,
     threads: 2
     resources:
         mem_mb=4000,

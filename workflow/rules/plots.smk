@@ -11,6 +11,7 @@ rule plot_accuracy:
             category="Accuracy",
         ),
     params:
+        code=script_code("plot_accuracy"),
         plots=config["plots"],
     log:
         "logs/plot_accuracy/{task}.{ext}.log",
