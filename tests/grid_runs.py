@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from tests.workflow_helpers import TINY_CONFIG, snakemake, write_config
+from tests.workflow_helpers import TINY_CONFIG, job_stats, snakemake, write_config
 
 # Two task families (so a change to one can be shown not to touch the other), one variant each, one
 # shot count: 17 jobs, about 1-2 minutes on 2 cores.
@@ -108,27 +108,10 @@ def dry_run(workdir: Path, *args: str, snakefile: Path | None = None) -> Plan:
             plan.reasons[output] = stripped[len("reason: "):]
         elif not line.strip() or line.startswith("Shell command"):
             rule = None
-    stats = _job_stats(text)
+    stats = job_stats(text)
     stats.pop("all", None)
     assert stats == plan.counts(), f"parsed {plan.counts()} but the job stats say {stats}:\n{text[-3000:]}"
     return plan
-
-
-def _job_stats(text: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in text.splitlines():
-        parts = line.split()
-        if parts[:2] == ["job", "count"]:
-            in_table = True
-            continue
-        if in_table:
-            if len(parts) == 2 and parts[1].isdigit():
-                if parts[0] != "total":
-                    counts[parts[0]] = int(parts[1])
-            elif parts and not set(parts[0]) <= {"-"}:
-                in_table = False
-    return counts
 
 
 def list_changes(workdir: Path, kind: str, snakefile: Path | None = None) -> set[str]:

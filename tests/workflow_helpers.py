@@ -38,11 +38,9 @@ def snakemake(workdir: Path, *args: str, check: bool = True, snakefile: Path | N
     return proc
 
 
-def scheduled_jobs(workdir: Path, *args: str) -> dict[str, int]:
-    """Rule -> job count that `snakemake -n` would run now."""
-    proc = snakemake(workdir, "-n", "--quiet", "rules", *args)
+def job_stats(text: str) -> dict[str, int]:
+    """Rule -> count from the "job count" table snakemake prints (without the total)."""
     counts: dict[str, int] = {}
-    text = proc.stdout + proc.stderr
     in_table = False
     for line in text.splitlines():
         parts = line.split()
@@ -56,3 +54,9 @@ def scheduled_jobs(workdir: Path, *args: str) -> dict[str, int]:
             elif parts and not set(parts[0]) <= {"-"}:
                 in_table = False
     return counts
+
+
+def scheduled_jobs(workdir: Path, *args: str) -> dict[str, int]:
+    """Rule -> job count that `snakemake -n` would run now."""
+    proc = snakemake(workdir, "-n", "--quiet", "rules", *args)
+    return job_stats(proc.stdout + proc.stderr)
