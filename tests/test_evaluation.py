@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fi.answers import AnswerTokenizationError, answer_token_ids, answer_vocabulary
-from fi.evaluation import encode_examples, evaluate_task, score_examples
+from fi.evaluation import evaluate_task
 from fi.tasks import get_family
 
 PARAMS = {"n_examples": 12, "n_demos": 32, "seed": 42}
