@@ -26,7 +26,8 @@ from fi.io import atomic_dir, write_parquet
 from fi.tasks import addition_sum_range, draw_addition_pair
 
 PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
-# Every character a task prompt can contain (addition, cipher, base-k, shifted MMLU).
+# Every character of the addition, cipher and base-k prompts, plus common punctuation; free text
+# (MMLU questions) can hold others, which the tokenizer maps to <unk>.
 CHARSET = string.digits + string.ascii_lowercase + string.ascii_uppercase + " \n+-=>()?.,:;'\"!/&%$*#@[]_"
 
 
