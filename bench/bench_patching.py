@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fi.models import load_model  # noqa: E402
-from fi.patching import Patcher, build_patching_data, logit_diff, z_hook  # noqa: E402
+from fi.patching import Patcher, build_patching_data, logit_diff  # noqa: E402
+from fi.reference import frozen_z_hooks  # noqa: E402
 from fi.tasks import get_family  # noqa: E402
 from tests.conftest import save_random_checkpoint  # noqa: E402
 
@@ -51,19 +52,12 @@ def paper_loop_output(model, data, batch=4):
             ld_c += float(logit_diff(logits_c, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
             for layer in range(L):
                 for head in range(H):
-                    def freeze(lyr):
-                        def hook(z, hook):
-                            z = cache_c[z_hook(lyr)].clone()
-                            if lyr == layer:
-                                z[:, :, head] = cache_n[z_hook(lyr)][:, :, head]
-                            return z
-                        return hook
                     store = {}
 
                     def grab(x, hook):
                         store["x"] = x.clone()
                         return x
-                    b.run_with_hooks(chunk.contrast, fwd_hooks=[(z_hook(lyr), freeze(lyr)) for lyr in range(L)] + [(final, grab)])
+                    b.run_with_hooks(chunk.contrast, fwd_hooks=frozen_z_hooks(cache_c, cache_n, L, layer, head) + [(final, grab)])
                     logits = b.run_with_hooks(chunk.contrast, fwd_hooks=[(final, lambda x, hook: store["x"])])
                     sums[layer, head] += float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
     n = data.size

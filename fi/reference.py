@@ -21,6 +21,19 @@ def _ld(model, chunk, logits):
     return logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
 
 
+def frozen_z_hooks(cache_contrast, cache_normal, n_layers: int, layer: int, head: int) -> list:
+    """Run 1 of path patching for one sender: every head's z frozen to its contrast value, the
+    sender (layer, head) given its normal value."""
+    def freeze(lyr):
+        def hook(z, hook):
+            z = cache_contrast[z_hook(lyr)].clone()
+            if lyr == layer:
+                z[:, :, head] = cache_normal[z_hook(lyr)][:, :, head]
+            return z
+        return hook
+    return [(z_hook(lyr), freeze(lyr)) for lyr in range(n_layers)]
+
+
 def reference_baselines(model, data: PatchingData, batch: int = 4):
     n, c = [], []
     with torch.inference_mode():
@@ -47,14 +60,7 @@ def reference_path_patching(model, data: PatchingData, receiver: Receiver | str 
                     _, cache_n = b.run_with_cache(normal, names_filter=lambda nm: nm.endswith("hook_z"))
                     _, cache_c = b.run_with_cache(contrast, names_filter=lambda nm: nm.endswith("hook_z"))
 
-                    def freeze(lyr):
-                        def hook(z, hook):
-                            z = cache_c[z_hook(lyr)].clone()
-                            if lyr == layer:
-                                z[:, :, head] = cache_n[z_hook(lyr)][:, :, head]
-                            return z
-                        return hook
-                    hooks = [(z_hook(lyr), freeze(lyr)) for lyr in range(L)]
+                    hooks = frozen_z_hooks(cache_c, cache_n, L, layer, head)
                     if receiver.is_output:  # pass 1 is the whole story
                         logits = b.run_with_hooks(contrast, fwd_hooks=hooks)
                     else:

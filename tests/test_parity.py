@@ -14,12 +14,7 @@ from tests.tiny_checkpoints import save_checkpoint
 ARCH_STYLE = [("gpt2", "gpt2_bpe"), ("llama", "multi_digit"), ("gemma2", "single_digit")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,14 +28,7 @@ CELLS = [(ADDITION, "setting1_nmax999_offset3", 2), (CIPHER, "maxlen4_offset1", 
 ATTRIBUTION_CELLS = [(ADDITION, "setting1_nmax9_offset1", 2), (CIPHER, "maxlen4_offset1", 2)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Models this small run fastest on one thread; with two, torch's OpenMP threads spin-wait and a
-    # busy machine makes every op up to 100x slower (measured: 5 ms vs 870 ms per forward pass).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")
