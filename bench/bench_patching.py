@@ -65,10 +65,15 @@ def paper_loop_output(model, data, batch=4):
     return (sums / n - ld_c) / (ld_c - ld_n)
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+def timed(fn, repeat=1):
+    """(result, best wall time of `repeat` calls): the first call of a method also pays one-off costs
+    (allocator growth, autograd start-up) that a long run amortises, so short runs take the best."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return out, best
 
 
 def spearman(a, b):
@@ -86,23 +91,25 @@ def bench_model(name, model, n_examples, loop=True):
     v = family.parse_variant("setting1_nmax9_offset1")
     records = family.generate(v, {"n_examples": 100, "n_demos": 32, "seed": 42})
     data = build_patching_data(model, family, v, records, 4, max_examples=n_examples)
-    patcher, t_cache = timed(lambda: Patcher(model, data, batch_size=16))
-    fast, t_fast = timed(lambda: patcher.path_patching("output"))
-    attr, t_attr = timed(patcher.attribution_patching)
-    act, t_act = timed(patcher.activation_patching)
+    # each method on a fresh Patcher, so each time includes every run it needs (its caches)
+    patcher = Patcher(model, data, batch_size=16)
+    fast, t_fast = timed(lambda: Patcher(model, data, batch_size=16).path_patching("output"), repeat=3)
+    attr, t_attr = timed(lambda: Patcher(model, data, batch_size=16).attribution_patching(), repeat=3)
+    act, t_act = timed(lambda: Patcher(model, data, batch_size=16).activation_patching())
     print(f"\n== {name}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.bridge.cfg.d_model}, "
           f"{data.size} prompts of the discovery cell")
-    print(f"fi caches (2 forward passes per batch)      {t_cache:8.3f}s")
-    print(f"fi exact path patching -> output            {t_fast:8.3f}s   (fast analytic run 1: {patcher.fast_output_path})")
-    print(f"fi attribution patching                     {t_attr:8.3f}s")
-    print(f"fi activation patching (all heads)          {t_act:8.3f}s")
+    print(f"fi exact path patching -> output            {t_fast:8.3f}s   best of 3 (fast analytic run 1: "
+          f"{patcher.fast_output_path})")
+    print(f"fi attribution patching                     {t_attr:8.3f}s   best of 3")
+    print(f"fi activation patching (all heads)          {t_act:8.3f}s   one run")
     if loop:
         ref, t_ref = timed(lambda: paper_loop_output(model, data))
-        ours = t_cache + t_fast
+        if t_ref < 10:  # short enough to take its best of 3 as well
+            ref, t_ref = timed(lambda: paper_loop_output(model, data), repeat=3)
         print(f"paper loop, path patching -> output         {t_ref:8.3f}s")
         print(f"  max |fi - paper loop| (normalised)        {float((fast - ref).abs().max()):.2e}")
-        print(f"  ratio exact path patching  paper/fi       {t_ref / ours:8.1f}x   (fi time includes its caches)")
-        print(f"  ratio attribution patching paper/fi       {t_ref / (t_cache + t_attr):8.1f}x")
+        print(f"  ratio exact path patching  paper/fi       {t_ref / t_fast:8.1f}x")
+        print(f"  ratio attribution patching paper/fi       {t_ref / t_attr:8.1f}x")
     k = min(3, fast.numel())
     print(f"attribution vs exact path patching: Spearman rho {spearman(attr, fast):.3f}, top-{k} recall "
           f"{topk_recall(attr, fast, k):.2f}; vs activation patching: rho {spearman(attr, act):.3f}, "

@@ -12,6 +12,7 @@ Modes (what replaces the heads' hook_z):
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Sequence
 
@@ -141,23 +142,38 @@ def ablated_scores(model, family, variant, records, shots: int, heads: Sequence[
 def random_head_sets(n_layers: int, n_heads: int, like: Sequence[Head], n_sets: int, seed: int,
                      layer_matched: bool = False, exclude: Sequence[Head] = ()) -> list[list[Head]]:
     """`n_sets` random head sets of len(like) heads, never containing a head of `exclude`; with
-    `layer_matched`, each set takes as many heads from each layer as `like` does."""
+    `layer_matched`, each set takes as many heads from each layer as `like` does. The sets are
+    distinct while distinct sets remain (a small model has few: 7 single heads besides one FI head
+    in a 2 x 4 model); only then does a set repeat."""
     rng = random.Random(seed)
     banned = {tuple(h) for h in exclude}
     pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in banned]
-    sets = []
+    if layer_matched:
+        wanted = sorted(by_layer(like).items())
+        n_distinct = 1
+        for layer, hs in wanted:
+            cands = [x for x in pool if x[0] == layer]
+            if len(cands) < len(hs):
+                raise ValueError(f"layer {layer} has only {len(cands)} heads outside the set; "
+                                 "cannot draw a layer-matched random set")
+            n_distinct *= math.comb(len(cands), len(hs))
+    else:
+        if len(pool) < len(like):
+            raise ValueError("not enough heads outside the set to draw a random set of the same size")
+        n_distinct = math.comb(len(pool), len(like))
+
+    def draw() -> list[Head]:
+        if not layer_matched:
+            return sorted(rng.sample(pool, len(like)))
+        chosen = []
+        for layer, hs in wanted:
+            chosen += rng.sample([x for x in pool if x[0] == layer], len(hs))
+        return sorted(chosen)
+    sets: list[list[Head]] = []
     for _ in range(n_sets):
-        if layer_matched:
-            chosen = []
-            for layer, hs in sorted(by_layer(like).items()):
-                cands = [x for x in pool if x[0] == layer]
-                if len(cands) < len(hs):
-                    raise ValueError(f"layer {layer} has only {len(cands)} heads outside the set; "
-                                     "cannot draw a layer-matched random set")
-                chosen += rng.sample(cands, len(hs))
-        else:
-            if len(pool) < len(like):
-                raise ValueError("not enough heads outside the set to draw a random set of the same size")
-            chosen = rng.sample(pool, len(like))
-        sets.append(sorted(chosen))
+        chosen = draw()
+        # rejection sampling; distinct sets are plentiful whenever drawing one takes long
+        while chosen in sets and len({tuple(x) for x in sets}) < n_distinct:
+            chosen = draw()
+        sets.append(chosen)
     return sets

@@ -27,6 +27,18 @@ def answer_token_ids(model, prompt: str, answer: str, prompt_ids: list[int] | No
     return full[len(prompt_ids):]
 
 
+def first_difference(normal: list[int], contrast: list[int]) -> int | None:
+    """Index of the first token where two answers differ: where the logit difference between them is
+    read, after their common prefix (teacher-forced). A character tokenizer spells the cipher's
+    answers ' b' / ' c' as [' ', 'b'] / [' ', 'c'] and two-digit sums 12 / 13 as ['1', '2'] /
+    ['1', '3']: their first tokens agree and carry no signal. None when the answers are equal or
+    one is a prefix of the other."""
+    for j, (a, b) in enumerate(zip(normal, contrast)):
+        if a != b:
+            return j
+    return None
+
+
 def answer_vocabulary(model, probe_prompt: str, answers: list[str]) -> torch.Tensor:
     """Sorted ids of every token any of `answers` uses after `probe_prompt`.
 

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import pandas as pd
 import torch
 
-from fi.answers import answer_token_ids, answer_vocabulary
+from fi.answers import answer_token_ids, answer_vocabulary, first_difference
 from fi.tasks import Example
 
 PROMPT_KINDS = ("normal", "contrast")
@@ -134,12 +134,17 @@ def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor
             rec[col] = pred == answer
             if pk == ak:
                 rec[f"{pk}_pred"] = model.tokenizer.decode(pred)
+        n_ans, c_ans = enc.answers["normal"], enc.answers["contrast"]
+        j = first_difference(n_ans, c_ans)
         for pk in prompt_kinds:
-            first = restricted[where[(i, pk, tuple(enc.prompts[pk] + enc.answers[pk][:-1]))]][0]
-            n_tok, c_tok = enc.answers["normal"][0], enc.answers["contrast"][0]
-            # normal-answer logit minus contrast-answer logit at the first answer token (0 when the
-            # two answers start with the same token)
-            rec[f"{pk}_logit_diff"] = float(first[vocab_index[n_tok]] - first[vocab_index[c_tok]])
+            # normal-answer logit minus contrast-answer logit at the first token where the answers
+            # differ, after their common prefix (the same position in either teacher-forced run);
+            # 0 when they never differ (offset 0)
+            if j is None:
+                rec[f"{pk}_logit_diff"] = 0.0
+                continue
+            at = restricted[where[(i, pk, tuple(enc.prompts[pk] + enc.answers[pk][:-1]))]][j]
+            rec[f"{pk}_logit_diff"] = float(at[vocab_index[n_ans[j]]] - at[vocab_index[c_ans[j]]])
         rows.append(rec)
     return pd.DataFrame(rows)
 

@@ -5,26 +5,33 @@ Conventions (the paper's, section 2):
   * A *normal* prompt shows the plain function (a+b); its *contrast* prompt the same demos shifted
     (a+b+k). Patches copy activations from the normal run into the contrast run.
   * The metric is the logit difference at the first answer token, normal-answer logit minus
-    contrast-answer logit, averaged over examples: LD.
+    contrast-answer logit, averaged over examples: LD. Where the two answers share leading tokens
+    (a character tokenizer spells ' b' / ' c' as [' ', 'b'] / [' ', 'c']), both prompts go on with
+    that common prefix and LD is read at the first token where the answers differ
+    (fi.answers.first_difference; evaluation's logit differences use the same position).
   * A patched run's score is normalised as (LD_patched - LD_contrast) / (LD_contrast - LD_normal):
     0 means no effect, -1 means the patch fully restores the normal behaviour (answering a+b).
 
 Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
 tokenizers), whose answer merges into the prompt's last token (see fi.answers), or whose two answers
-start with the same token, carry no signal and are dropped; the count dropped is reported.
+never differ (offset 0), carry no signal and are dropped; the count dropped is reported.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Iterable, Sequence
 
 import torch
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-from fi.answers import AnswerTokenizationError, answer_token_ids
+from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
+FINAL_RESID = "ln_final.hook_in"  # the residual stream after the last block
 
 
 def z_hook(layer: int) -> str:
@@ -63,13 +70,14 @@ class Receiver:
 
 @dataclass
 class PatchingData:
-    """Aligned normal / contrast prompts (right-padded to one width) and their answers' first tokens."""
+    """Aligned normal / contrast prompts (right-padded to one width), each followed by the two
+    answers' common prefix, and the answers' first differing tokens (see fi.answers.first_difference)."""
 
     normal: torch.Tensor  # [B, T] long
     contrast: torch.Tensor  # [B, T] long
-    last: torch.Tensor  # [B] index of each prompt's last token (where the answer is predicted)
-    normal_answer: torch.Tensor  # [B] first token of the normal answer
-    contrast_answer: torch.Tensor  # [B] first token of the contrast answer
+    last: torch.Tensor  # [B] index of each sequence's last token (where the differing token is predicted)
+    normal_answer: torch.Tensor  # [B] the normal answer's first token that differs from the contrast answer's
+    contrast_answer: torch.Tensor  # [B] the contrast answer's token there
     groups: dict  # position group name -> [B, T] bool mask
     n_dropped: int = 0
 
@@ -118,15 +126,21 @@ def build_patching_data(model, family, variant, records, shots: int, max_example
     for ex in examples:
         n_ids, c_ids = model.encode(ex.normal_prompt), model.encode(ex.contrast_prompt)
         try:
-            n_ans = answer_token_ids(model, ex.contrast_prompt, ex.normal_answer, c_ids)[0]
-            c_ans = answer_token_ids(model, ex.contrast_prompt, ex.contrast_answer, c_ids)[0]
+            n_toks = answer_token_ids(model, ex.contrast_prompt, ex.normal_answer, c_ids)
+            c_toks = answer_token_ids(model, ex.contrast_prompt, ex.contrast_answer, c_ids)
         except AnswerTokenizationError:  # the answer merges into the prompt's last token
             dropped += 1
             continue
-        if len(n_ids) != len(c_ids) or n_ans == c_ans:
+        j = first_difference(n_toks, c_toks)
+        if len(n_ids) != len(c_ids) or j is None:
             dropped += 1
             continue
-        rows.append((n_ids, c_ids, n_ans, c_ans, position_groups(model, family, ex.contrast_prompt, len(c_ids))))
+        # both prompts go on with the answers' common prefix (teacher-forced), part of the query line
+        masks = position_groups(model, family, ex.contrast_prompt, len(c_ids))
+        for g in POSITION_GROUPS:
+            masks[g] += [g == "query"] * j
+        prefix = c_toks[:j]
+        rows.append((n_ids + prefix, c_ids + prefix, n_toks[j], c_toks[j], masks))
         if max_examples and len(rows) >= max_examples:
             break
     if not rows:
@@ -141,7 +155,7 @@ def build_patching_data(model, family, variant, records, shots: int, max_example
         normal[i, : len(n_ids)] = torch.tensor(n_ids)
         contrast[i, : len(c_ids)] = torch.tensor(c_ids)
         for g in POSITION_GROUPS:
-            groups[g][i, : len(c_ids)] = torch.tensor(masks[g])
+            groups[g][i, : len(c_ids)] = torch.tensor(masks[g])  # c_ids: prompt + common prefix
     return PatchingData(normal, contrast, torch.tensor([len(r[1]) - 1 for r in rows]),
                         torch.tensor([r[2] for r in rows]), torch.tensor([r[3] for r in rows]), groups, dropped)
 
@@ -171,12 +185,24 @@ class Patcher:
         self.n_kv_heads = int(getattr(self.bridge.cfg, "n_key_value_heads", None) or self.n_heads)
         self.device = model.device
         self.chunks = [data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size)]
-        self._caches = [self._cache(c) for c in self.chunks]
-        ld_n = torch.cat([c["ld_normal"] for c in self._caches])
-        ld_c = torch.cat([c["ld_contrast"] for c in self._caches])
-        self.ld_normal = float(ld_n.mean())
-        self.ld_contrast = float(ld_c.mean())
-        self.fast_output_path = self._fast_path_holds()
+
+    # The caches and the quantities derived from them are built on first use: attribution patching
+    # alone needs far less (see attribution_patching).
+    @cached_property
+    def _caches(self) -> list[dict]:
+        return [self._cache(c) for c in self.chunks]
+
+    @cached_property
+    def ld_normal(self) -> float:
+        return float(torch.cat([c["ld_normal"] for c in self._caches]).mean())
+
+    @cached_property
+    def ld_contrast(self) -> float:
+        return float(torch.cat([c["ld_contrast"] for c in self._caches]).mean())
+
+    @cached_property
+    def fast_output_path(self) -> bool:
+        return self._fast_path_holds()
 
     def _fast_path_holds(self, atol: float = 1e-3) -> bool:
         """The analytic run 1 (see _frozen_resid_at_last) assumes a pre-norm sequential block:
@@ -392,33 +418,108 @@ class Patcher:
 
     # ---- attribution patching -----------------------------------------------------------------
     def attribution_patching(self) -> torch.Tensor:
-        """[layers, heads]: first-order estimate of activation patching for every head from one
-        forward and one backward pass per chunk: sum over positions of (z_normal - z_contrast) .
-        dLD/dz at the contrast run; normalised like the exact methods."""
-        total = torch.zeros(self.n_layers, self.n_heads)
-        for chunk, cache in zip(self.chunks, self._caches):
-            grads: dict[int, torch.Tensor] = {}
-            zs: dict[int, torch.Tensor] = {}
+        """[layers, heads]: first-order estimate of activation patching for every head, normalised
+        like the exact methods: sum over positions of (z_normal - z_contrast) . dLD/dz at the
+        contrast run.
 
-            def keep(layer):
+        Per chunk: one forward pass on the normal prompt (hook_z only; skipped when the caches
+        exist), one on the contrast prompt with gradients, one backward. Its cost does not grow with
+        the number of heads, and three things keep it small:
+          * the estimate for head h of layer l is the derivative of LD along z_l + a_h (z_normal -
+            z_contrast) at a = 0, so the backward pass computes gradients only for L x H scalars
+            a, not for the weights (they are frozen for the pass);
+          * both runs stop at the final residual stream, and LD is read from the last position only
+            (final norm + unembedding of two rows instead of every position's full vocabulary);
+            checked against the full logits on the first chunk, with full runs as the fallback;
+          * the normal run caches hook_z only."""
+        total = torch.zeros(self.n_layers, self.n_heads)
+        have_caches = "_caches" in self.__dict__
+        ld_sums = {"normal": 0.0, "contrast": 0.0}
+        for ci, chunk in enumerate(self.chunks):
+            if have_caches:
+                normal_z = {layer: self._caches[ci]["normal"][z_hook(layer)] for layer in range(self.n_layers)}
+            else:
+                check = ci == 0 and "_ld_from_final_resid_holds" not in self.__dict__
+                normal_z, ld_n, holds = self._normal_z_and_ld(chunk, check=check)
+                if check:
+                    self._ld_from_final_resid_holds = holds
+                ld_sums["normal"] += float(ld_n.sum())
+            alphas = {}
+
+            def along_delta(layer):
                 def hook(z, hook):
-                    z.retain_grad()
-                    zs[layer] = z
-                    return z
+                    alpha = torch.zeros(self.n_heads, dtype=z.dtype, device=z.device, requires_grad=True)
+                    alphas[layer] = alpha
+                    delta = normal_z[layer] - z.detach()
+                    return z + alpha[:, None] * delta
                 return hook
-            with torch.enable_grad():
-                logits = self.bridge.run_with_hooks(
-                    chunk.contrast.to(self.device),
-                    fwd_hooks=[(z_hook(layer), keep(layer)) for layer in range(self.n_layers)])
-                ld = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum()
-                ld.backward()
-            for layer in range(self.n_layers):
-                grads[layer] = zs[layer].grad
-                delta = cache["normal"][z_hook(layer)] - cache["contrast"][z_hook(layer)]
-                # pads sit right of every real token and get no gradient, so summing over T is safe
-                total[layer] += (delta * grads[layer]).sum(dim=(0, 1, 3)).float().cpu()
-            self.bridge.zero_grad(set_to_none=True)
+            hooks = [(z_hook(layer), along_delta(layer)) for layer in range(self.n_layers)]
+            with torch.enable_grad(), _frozen_parameters(self.bridge):
+                ld = self._contrast_ld(chunk, hooks)
+                grads = torch.autograd.grad(ld.sum(), [alphas[layer] for layer in range(self.n_layers)])
+            ld_sums["contrast"] += float(ld.detach().sum())
+            for layer, g in enumerate(grads):
+                # pads sit right of every real token and get no gradient
+                total[layer] += g.float().cpu()
+        if not have_caches:  # the same numbers the caches would give, from this method's own runs
+            self.__dict__.setdefault("ld_normal", ld_sums["normal"] / self.data.size)
+            self.__dict__.setdefault("ld_contrast", ld_sums["contrast"] / self.data.size)
         return total / self.data.size / (self.ld_contrast - self.ld_normal)
+
+    def _ld_from_final_resid(self, resid: torch.Tensor, chunk: PatchingData) -> torch.Tensor:
+        rows = torch.arange(chunk.size)
+        logits = self.bridge.unembed(self.bridge.ln_final(resid[rows, chunk.last][:, None]))[:, 0]
+        return logits[rows, chunk.normal_answer] - logits[rows, chunk.contrast_answer]
+
+    @cached_property
+    def _ld_from_final_resid_holds(self) -> bool:
+        """Whether LD read from the final residual stream (final norm + unembedding of the last
+        position) equals LD from the model's logits: false for models that transform logits after
+        the unembedding (Gemma-2's soft-capping, scaled logits). Checked on the first chunk's
+        normal prompt (attribution_patching folds this check into a run it needs anyway)."""
+        return self._normal_z_and_ld(self.chunks[0], check=True)[2]
+
+    def _normal_z_and_ld(self, chunk: PatchingData, check: bool = False) -> tuple[dict, torch.Tensor, bool]:
+        """hook_z of every layer and LD per example of the normal run; with `check`, a full run
+        that also tells whether LD can be read from the final residual stream (third value)."""
+        store = {}
+
+        def keep(layer):
+            def hook(z, hook):
+                store[layer] = z
+                return z
+            return hook
+        hooks = [(z_hook(layer), keep(layer)) for layer in range(self.n_layers)]
+        tokens = chunk.normal.to(self.device)
+        with torch.inference_mode():
+            if not check:
+                return store, self._contrast_ld(chunk, hooks, tokens=tokens), True
+            if FINAL_RESID not in self.bridge.hook_dict:
+                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+                return store, logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer), False
+
+            def grab(resid, hook):
+                store["final"] = resid
+                return resid
+            logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks + [(FINAL_RESID, grab)])
+            full = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+            try:
+                short = self._ld_from_final_resid(store.pop("final"), chunk)
+            except Exception:  # no ln_final / unembed components of this shape
+                return store, full, False
+        scale = max(1.0, float(full.abs().max()))
+        return store, full, bool((short.float() - full.float()).abs().max() <= 1e-4 * scale)
+
+    def _contrast_ld(self, chunk: PatchingData, hooks: list, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """LD per example of one run (the contrast prompt unless `tokens` is given) under `hooks`."""
+        tokens = (chunk.contrast if tokens is None else tokens).to(self.device)
+        if self._ld_from_final_resid_holds:
+            def stop(resid, hook):
+                raise StopAtLayerException(resid)
+            resid = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks + [(FINAL_RESID, stop)])
+            return self._ld_from_final_resid(resid, chunk)
+        logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        return logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
 
     # ---- patched runs used by ablation and discovery checks -------------------------------------
     def patched_logit_diff(self, heads: Sequence[tuple[int, int]]) -> float:
@@ -433,3 +534,17 @@ class Patcher:
                 logits = self.bridge.run_with_hooks(chunk.contrast.to(self.device), fwd_hooks=hooks)
             sums.append(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum().float().cpu())
         return float(self.normalise(self._mean_over_chunks(sums)))
+
+
+@contextmanager
+def _frozen_parameters(module: torch.nn.Module):
+    """requires_grad off for every parameter during the block (restored after), so a backward pass
+    computes only the gradients asked for."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -113,7 +113,7 @@ def plot_head_heatmaps(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
 
     if df.empty:
         raise ValueError("no attribution rows to plot")
-    keys = ["variant", "shots", "method", "receiver", "positions"]
+    keys = ["task", "variant", "shots", "method", "receiver", "positions"]
     panels = list(df.groupby(keys, sort=False))
     n_layers, n_heads = int(df["layer"].max()) + 1, int(df["head"].max()) + 1
     cols = min(4, len(panels))
@@ -121,7 +121,7 @@ def plot_head_heatmaps(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(0.5 * n_heads * cols + 2.5 * cols, 0.4 * n_layers * rows + 1.8 * rows),
                              squeeze=False)
     lim = max(1e-6, float(np.nanmax(np.abs(df["score"]))))
-    for ax, ((variant, shots, method, receiver, positions), g) in zip(axes.flat, panels):
+    for ax, ((task, variant, shots, method, receiver, positions), g) in zip(axes.flat, panels):
         grid = g.pivot_table(index="layer", columns="head", values="score").reindex(
             index=range(n_layers), columns=range(n_heads))
         sns.heatmap(grid, ax=ax, cmap="RdBu", vmin=-lim, vmax=lim, center=0, cbar=True,
@@ -129,7 +129,7 @@ def plot_head_heatmaps(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
         if "fi_head" in g.columns:
             for r in g[g["fi_head"]].itertuples():
                 ax.add_patch(plt.Rectangle((r.head, r.layer), 1, 1, fill=False, edgecolor="black", lw=2))
-        ax.set_title(f"{method} -> {receiver} ({positions})\n{variant}, {shots} shots", fontsize=8)
+        ax.set_title(f"{method} -> {receiver} ({positions})\n{task} {variant}, {shots} shots", fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{df['model'].iloc[0]}: head attribution (boxed: FI heads)", y=1.0)

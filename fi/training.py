@@ -83,11 +83,25 @@ def addition_sequence(rng: random.Random, cfg: dict) -> list[tuple[str, bool]]:
 
 
 def letter_shift_sequence(rng: random.Random, cfg: dict) -> list[tuple[str, bool]]:
+    """Shifted letter copying. Letters are dealt from a shuffled deck, so no letter recurs within a
+    sequence until all 26 have been used: when items repeat, the cheapest solution is to look the
+    query up among earlier items (induction) rather than to shift it, and a model trained that way
+    copies letters it has not seen shifted, exactly the case of the cipher prompts (their query
+    never equals a demo)."""
     k = _draw_offset(rng, cfg)
     letters = string.ascii_lowercase
+    deck: list[str] = []
+
+    def deal(n: int) -> list[str]:
+        out = []
+        for _ in range(n):
+            if not deck:
+                deck.extend(rng.sample(letters, len(letters)))
+            out.append(deck.pop())
+        return out
     segs = []
     for _ in range(cfg["items"]):
-        word = rng.choices(letters, k=rng.randint(1, cfg["max_word_len"]))
+        word = deal(rng.randint(1, cfg["max_word_len"]))
         shifted = [letters[(letters.index(c) + k) % 26] for c in word]
         segs += [("".join(f" {c}" for c in word) + " ->", False), ("".join(f" {c}" for c in shifted) + "\n", True)]
     return segs

@@ -98,6 +98,18 @@ def test_random_head_sets_are_deterministic_and_exclusive():
         random_head_sets(1, 2, [(0, 0), (0, 1)], 1, seed=0, layer_matched=True, exclude=[(0, 0)])
 
 
+def test_random_head_sets_are_distinct_while_distinct_sets_remain():
+    """In a 2 x 4 model with one FI head, 7 single heads remain: 5 sets are 5 different heads, and
+    9 sets use all 7 before any repeats."""
+    for seed in range(10):
+        five = random_head_sets(2, 4, [(0, 0)], 5, seed=seed, exclude=[(0, 0)])
+        assert len({tuple(map(tuple, s)) for s in five}) == 5
+        nine = random_head_sets(2, 4, [(0, 0)], 9, seed=seed, exclude=[(0, 0)])
+        assert len({tuple(map(tuple, s)) for s in nine}) == 7
+        matched = random_head_sets(2, 4, [(0, 0)], 4, seed=seed, layer_matched=True, exclude=[(0, 0)])
+        assert {tuple(map(tuple, s)) for s in matched} == {((0, 1),), ((0, 2),), ((0, 3),)}
+
+
 def test_ablate_stage_writes_the_four_accuracies(trained_toy_dir, fi_heads, tmp_path):
     from fi.io import write_jsonl
     from fi.stages import ablate

@@ -23,9 +23,10 @@ def cfg(**changes):
 def test_default_config_is_valid_and_gets_defaults():
     c = validate_config(cfg())
     assert c["models"]["fi-toy"]["dtype"] == "float32"
-    assert c["models"]["fi-toy"]["train"]["mix"]["addition"] == 1.0
-    # the default grid: 3 settings x 5 offsets x 4 shot counts on one model
-    assert len(cells(c)) == 60
+    # trained on addition and shifted letters, the families it is evaluated on
+    assert c["models"]["fi-toy"]["train"]["mix"] == {"addition": 0.5, "letter_shift": 0.5, "repeated_tokens": 0.0}
+    # the default grid: (3 addition settings + 1 cipher length) x 5 offsets x 4 shot counts, one model
+    assert len(cells(c)) == 80
 
 
 @pytest.mark.parametrize("changes,needle", [

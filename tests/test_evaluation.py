@@ -68,6 +68,24 @@ def test_logit_diff_is_normal_minus_contrast_first_token(tiny_llama):
     assert df["contrast_logit_diff"].iloc[0] == pytest.approx(float(last[n] - last[c]), abs=1e-4)
 
 
+def test_logit_diff_is_read_where_the_answers_first_differ(tiny_llama):
+    """The character tokenizer spells the cipher's answers ' b' / ' c' as [' ', 'b'] / [' ', 'c']:
+    the logit difference is read after the shared ' ', at the letters."""
+    family = get_family("cipher")
+    v = family.parse_variant("maxlen1_offset1")
+    records = family.generate(v, PARAMS)[:3]
+    df = evaluate_task(tiny_llama, family, v, records, shots=4)
+    ex = family.examples(records, v, 4)[0]
+    n = answer_token_ids(tiny_llama, ex.contrast_prompt, ex.normal_answer)
+    c = answer_token_ids(tiny_llama, ex.contrast_prompt, ex.contrast_answer)
+    assert n[0] == c[0] and n[1] != c[1]
+    ids = tiny_llama.encode(ex.contrast_prompt) + n[:1]
+    with torch.no_grad():
+        last = tiny_llama.bridge(torch.tensor([ids]))[0, -1]
+    assert df["contrast_logit_diff"].iloc[0] == pytest.approx(float(last[n[1]] - last[c[1]]), abs=1e-4)
+    assert df["contrast_logit_diff"].iloc[0] != 0
+
+
 def test_answer_tokens_come_from_the_tokenizer(tiny_llama):
     # character tokenizer: one token per digit, and the ids are the tokenizer's own
     ids = answer_token_ids(tiny_llama, "1+2=", "123")

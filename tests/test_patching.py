@@ -119,6 +119,46 @@ def test_attribution_patching_is_the_first_order_term(model):
         assert attr[layer, head] == pytest.approx(expected, rel=2e-2, abs=2e-3)
 
 
+def test_attribution_patching_is_the_same_by_every_route(model):
+    """Attribution patching reads LD from the final residual stream when that equals the logits,
+    and reuses the normal run's cache when one exists; every route gives the same numbers."""
+    data = data_for(model, n=6)
+    flags = [p.requires_grad for p in model.bridge.parameters()]
+    alone = Patcher(model, data, batch_size=4)
+    attr = alone.attribution_patching()
+    assert alone._ld_from_final_resid_holds  # Llama: final norm + unembedding, nothing after
+    full_logits = Patcher(model, data, batch_size=4)
+    full_logits._ld_from_final_resid_holds = False
+    cached = Patcher(model, data, batch_size=4)
+    cached.path_patching("output")  # builds the caches first
+    for other in (full_logits, cached):
+        assert torch.allclose(other.attribution_patching(), attr, atol=1e-5)
+        assert other.ld_normal == pytest.approx(alone.ld_normal, abs=1e-5)
+        assert other.ld_contrast == pytest.approx(alone.ld_contrast, abs=1e-5)
+    assert [p.requires_grad for p in model.bridge.parameters()] == flags  # restored after the pass
+
+
+def test_patching_reads_the_same_logit_difference_as_evaluation(tiny_llama):
+    """One convention everywhere: on the cipher, whose answers share their leading ' ' token under a
+    character tokenizer, no example is dropped, both prompts go on with the shared token, and the
+    patching engine's LD per prompt kind equals evaluation's mean logit difference."""
+    from fi.evaluation import evaluate_task
+
+    cipher = get_family("cipher")
+    v = cipher.parse_variant("maxlen1_offset2")
+    records = cipher.generate(v, {"n_examples": 6, "n_demos": 32, "seed": 42})
+    data = build_patching_data(tiny_llama, cipher, v, records, 4)
+    assert data.size == 6 and data.n_dropped == 0
+    space = tiny_llama.tokenizer.convert_tokens_to_ids(" ")
+    assert (data.contrast[torch.arange(6), data.last] == space).all()
+    assert (data.normal[torch.arange(6), data.last] == space).all()
+    assert data.groups["query"][torch.arange(6), data.last].all()
+    patcher = Patcher(tiny_llama, data)
+    df = evaluate_task(tiny_llama, cipher, v, records, shots=4)
+    assert patcher.ld_contrast == pytest.approx(df["contrast_logit_diff"].mean(), abs=1e-4)
+    assert patcher.ld_normal == pytest.approx(df["normal_logit_diff"].mean(), abs=1e-4)
+
+
 def test_receiver_parsing():
     assert Receiver.parse("output").is_output
     r = Receiver.parse("3.7.k")

@@ -122,9 +122,10 @@ def expected_drops(model, family, v, records, shots):
     n = 0
     for ex in family.examples(records, v, shots):
         c_ids = model.encode(ex.contrast_prompt)
-        first = {answer_token_ids(model, ex.contrast_prompt, a, c_ids)[0]
-                 for a in (ex.normal_answer, ex.contrast_answer)}
-        n += len(model.encode(ex.normal_prompt)) != len(c_ids) or len(first) == 1
+        normal, contrast = (answer_token_ids(model, ex.contrast_prompt, a, c_ids)
+                            for a in (ex.normal_answer, ex.contrast_answer))
+        never_differ = all(a == b for a, b in zip(normal, contrast))
+        n += len(model.encode(ex.normal_prompt)) != len(c_ids) or never_differ
     return n
 
 
@@ -252,23 +253,25 @@ def test_ablation_modes(checkpoint_root, arch, style):
 @pytest.mark.parametrize("style", TOKENIZER_STYLES)
 def test_patching_drops_misaligned_examples_and_counts_them(checkpoint_root, style):
     # 3-digit sums: GPT-2 BPE gives "107" one token and "110" two, so the normal and contrast
-    # prompts can differ in length; one token per digit makes a+b and a+b+3 start alike
+    # prompts can differ in length; one token per digit makes a+b and a+b+3 start alike, and they
+    # are read at their first differing digit, after the shared ones
     m = loaded(checkpoint_root, "llama", style)
     v = ADDITION.parse_variant("setting1_nmax999_offset3")
     records = ADDITION.generate(v, {**PARAMS, "n_examples": 24})
     examples = ADDITION.examples(records, v, 2)
     lengths_differ = sum(len(m.encode(e.normal_prompt)) != len(m.encode(e.contrast_prompt)) for e in examples)
     assert (lengths_differ > 0) == (style == "gpt2_bpe")
-    if style == "single_digit":
-        with pytest.raises(ValueError, match="nothing to patch \\(24 of 24 examples dropped\\)"):
-            build_patching_data(m, ADDITION, v, records, 2)
-        return
     data = build_patching_data(m, ADDITION, v, records, 2)
     assert data.n_dropped == expected_drops(m, ADDITION, v, records, 2) and data.size + data.n_dropped == 24
-    if style == "multi_digit":  # one token per 3-digit answer: nothing to drop
+    if style == "gpt2_bpe":
+        assert data.n_dropped == lengths_differ and data.size > 0
+    else:  # one token per digit or per answer: nothing to drop
         assert data.n_dropped == 0
-    else:  # different lengths, plus answers like "12"+"3" vs "12"+"6" that start alike
-        assert data.n_dropped > lengths_differ and data.size > 0
+    if style == "single_digit":  # most answers share their leading digits: prompts go on with them
+        assert (data.last > data.contrast.ne(m.pad_id).sum(1) - 1).sum() == 0  # last is the last real token
+        digits = set(m.tokenizer.convert_tokens_to_ids(list("0123456789")))
+        shared = [i for i, e in enumerate(examples[:24]) if str(e.normal_answer)[0] == str(e.contrast_answer)[0]]
+        assert shared and all(int(data.contrast[i, data.last[i]]) in digits for i in shared)
 
 
 # ---- loading: dtypes, offline, errors naming the model -------------------------------------------

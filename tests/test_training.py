@@ -1,0 +1,76 @@
+"""The built-in model's training data and its determinism."""
+
+import random
+import re
+import string
+
+from safetensors.torch import load_file
+
+from fi.tasks import get_family
+from fi.training import build_tokenizer, letter_shift_sequence, make_batch, train_model
+from tests.conftest import tiny_train_cfg
+
+LETTERS = string.ascii_lowercase
+
+
+def _items(segs):
+    """(input letters, output letters) per item of a letter_shift sequence."""
+    out = []
+    for (src, src_target), (dst, dst_target) in zip(segs[::2], segs[1::2]):
+        assert not src_target and dst_target  # the loss is on outputs only
+        assert src.endswith(" ->") and dst.endswith("\n")
+        out.append((src[:-3].split(), dst.split()))
+    return out
+
+
+def test_letter_shift_outputs_are_the_inputs_shifted_by_one_k():
+    for seed in range(20):
+        cfg = tiny_train_cfg(items=9, max_word_len=3, max_offset=2, p_zero=0.2)
+        items = _items(letter_shift_sequence(random.Random(seed), cfg))
+        shifts = {(LETTERS.index(d) - LETTERS.index(s)) % 26 for src, dst in items for s, d in zip(src, dst)}
+        assert len(shifts) == 1 and shifts <= {0, 1, 2, 24, 25}  # one k per sequence, |k| <= 2
+        assert all(len(src) == len(dst) >= 1 and len(src) <= 3 for src, dst in items)
+
+
+def test_letter_shift_never_repeats_a_letter_before_all_26_are_used():
+    """A repeated input could be answered by looking it up among earlier items, which teaches
+    copying by induction instead of shifting; the cipher prompts' query never repeats a demo."""
+    for seed in range(20):
+        items = _items(letter_shift_sequence(random.Random(seed), tiny_train_cfg(items=26, max_word_len=1)))
+        letters = [src[0] for src, _ in items]
+        assert sorted(letters) == list(LETTERS)
+
+
+def test_letter_shift_lines_are_the_cipher_prompt_lines():
+    """Training lines are in the one-letter cipher prompts' format, demo lines and query alike."""
+    family = get_family("cipher")
+    variant = family.parse_variant("maxlen1_offset1")
+    records = family.generate(variant, {"n_examples": 1, "n_demos": 4, "seed": 42})
+    example = family.examples(records, variant, 4)[0]
+    line = re.compile(r" [a-z] -> [a-z]")
+    *demos, query = example.contrast_prompt.split("\n")
+    assert all(line.fullmatch(d) for d in demos) and line.fullmatch(query + example.contrast_answer)
+    segs = letter_shift_sequence(random.Random(0), tiny_train_cfg(items=5, max_word_len=1))
+    text = "".join(t for t, _ in segs)
+    assert all(line.fullmatch(t) for t in text.rstrip("\n").split("\n"))
+
+
+def test_batches_mask_only_the_outputs():
+    tok = build_tokenizer()
+    cfg = tiny_train_cfg(mix={"addition": 0.5, "letter_shift": 0.5, "repeated_tokens": 0.0}, max_word_len=1)
+    tokens, mask = make_batch(random.Random(0), cfg, tok, 8)
+    assert tokens.shape == mask.shape and not mask[:, 0].any()
+    for row, m in zip(tokens, mask):
+        text = tok.decode(row[m])
+        assert set(text) <= set(string.digits + LETTERS + " \n-") and "+" not in text and ">" not in text
+
+
+def test_training_is_deterministic_for_a_fixed_seed(tmp_path):
+    cfg = tiny_train_cfg(mix={"addition": 0.5, "letter_shift": 0.5, "repeated_tokens": 0.0})
+    weights = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        train_model(dict(cfg, seed=seed), tmp_path / name, threads=1, progress=False)
+        weights.append(load_file(tmp_path / name / "model.safetensors"))
+    same = all((weights[0][k] == weights[1][k]).all() for k in weights[0])
+    differs = any((weights[0][k] != weights[2][k]).any() for k in weights[0])
+    assert same and differs
