@@ -170,7 +170,12 @@ def test_evaluation_attribution_and_ablation_run(model):
         assert torch.allclose(torch.tensor(ab["normal_logit_diff"].values),
                               torch.tensor(kept["normal_logit_diff"].values), atol=1e-5)
     for family, variant, shots in ATTRIBUTION_CELLS:
-        patcher = Patcher(model, patching_data(model, family, variant, shots), batch_size=3, rows_per_pass=12)
+        data = patching_data(model, family, variant, shots)
+        alone = Patcher(model, data, batch_size=3)
+        attribution = alone.attribution_patching()  # before any cache
+        # Gemma-2 soft-caps its logits: its LD is read from the logits, the others' from the residual
+        assert alone._ld_from_final_resid_holds == ("gemma2" not in model.name)
+        patcher = Patcher(model, data, batch_size=3, rows_per_pass=12)
         # Gemma-2's post-attention / post-MLP norms break the analytic run 1: the self-check sees it
         assert patcher.fast_output_path == ("gemma2" not in model.name)
         for name, scores in {"path": patcher.path_patching("output"), "activation": patcher.activation_patching(),
@@ -178,6 +183,11 @@ def test_evaluation_attribution_and_ablation_run(model):
                              "attribution": patcher.attribution_patching()}.items():
             assert scores.shape == (model.n_layers, model.n_heads), name
             assert torch.isfinite(scores).all(), name
+        # attribution read from the final residual stream equals attribution from the full logits
+        full_logits = Patcher(model, data, batch_size=3)
+        full_logits._ld_from_final_resid_holds = False
+        assert on_ld_scale(full_logits.attribution_patching(), attribution, patcher) <= 1e-4
+        assert on_ld_scale(scores, attribution, patcher) <= 1e-4
 
 
 def per_example_loop(model, examples, vocab):
