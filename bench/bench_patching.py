@@ -94,16 +94,14 @@ def bench_model(name, model, n_examples, loop=True):
     # each method on a fresh Patcher, so each time includes every run it needs (its caches)
     patcher = Patcher(model, data, batch_size=16)
     fast, t_fast = timed(lambda: Patcher(model, data, batch_size=16).path_patching("output"), repeat=3)
-    attr_patcher = Patcher(model, data, batch_size=16)
     attr, t_attr = timed(lambda: Patcher(model, data, batch_size=16).attribution_patching(), repeat=3)
-    attr_patcher.attribution_patching()
     act, t_act = timed(lambda: Patcher(model, data, batch_size=16).activation_patching())
     print(f"\n== {name}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.bridge.cfg.d_model}, "
           f"{data.size} prompts of the discovery cell")
     print(f"fi exact path patching -> output            {t_fast:8.3f}s   best of 3 (fast analytic run 1: "
           f"{patcher.fast_output_path})")
     print(f"fi attribution patching                     {t_attr:8.3f}s   best of 3 (LD from the final residual: "
-          f"{attr_patcher._ld_from_final_resid_holds})")
+          f"{patcher._ld_from_final_resid_holds})")
     print(f"fi activation patching (all heads)          {t_act:8.3f}s   one run")
     if loop:
         ref, t_ref = timed(lambda: paper_loop_output(model, data))

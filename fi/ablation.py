@@ -148,32 +148,30 @@ def random_head_sets(n_layers: int, n_heads: int, like: Sequence[Head], n_sets: 
     rng = random.Random(seed)
     banned = {tuple(h) for h in exclude}
     pool = [(layer, h) for layer in range(n_layers) for h in range(n_heads) if (layer, h) not in banned]
+    # strata: (candidate heads, how many to take); one stratum per layer when layer-matched
     if layer_matched:
-        wanted = sorted(by_layer(like).items())
-        n_distinct = 1
-        for layer, hs in wanted:
+        strata = []
+        for layer, hs in sorted(by_layer(like).items()):
             cands = [x for x in pool if x[0] == layer]
             if len(cands) < len(hs):
                 raise ValueError(f"layer {layer} has only {len(cands)} heads outside the set; "
                                  "cannot draw a layer-matched random set")
-            n_distinct *= math.comb(len(cands), len(hs))
+            strata.append((cands, len(hs)))
     else:
         if len(pool) < len(like):
             raise ValueError("not enough heads outside the set to draw a random set of the same size")
-        n_distinct = math.comb(len(pool), len(like))
+        strata = [(pool, len(like))]
+    n_distinct = math.prod(math.comb(len(cands), k) for cands, k in strata)
 
     def draw() -> list[Head]:
-        if not layer_matched:
-            return sorted(rng.sample(pool, len(like)))
-        chosen = []
-        for layer, hs in wanted:
-            chosen += rng.sample([x for x in pool if x[0] == layer], len(hs))
-        return sorted(chosen)
+        return sorted(h for cands, k in strata for h in rng.sample(cands, k))
     sets: list[list[Head]] = []
+    seen: set[tuple] = set()
     for _ in range(n_sets):
         chosen = draw()
         # rejection sampling; distinct sets are plentiful whenever drawing one takes long
-        while chosen in sets and len({tuple(x) for x in sets}) < n_distinct:
+        while tuple(chosen) in seen and len(seen) < n_distinct:
             chosen = draw()
+        seen.add(tuple(chosen))
         sets.append(chosen)
     return sets

@@ -455,7 +455,7 @@ class Patcher:
                 return hook
             hooks = [(z_hook(layer), along_delta(layer)) for layer in range(self.n_layers)]
             with torch.enable_grad(), _frozen_parameters(self.bridge):
-                ld = self._contrast_ld(chunk, hooks)
+                ld = self._run_ld(chunk, hooks)
                 grads = torch.autograd.grad(ld.sum(), [alphas[layer] for layer in range(self.n_layers)])
             ld_sums["contrast"] += float(ld.detach().sum())
             for layer, g in enumerate(grads):
@@ -493,7 +493,7 @@ class Patcher:
         tokens = chunk.normal.to(self.device)
         with torch.inference_mode():
             if not check:
-                return store, self._contrast_ld(chunk, hooks, tokens=tokens), True
+                return store, self._run_ld(chunk, hooks, tokens=tokens), True
             hf_config = getattr(getattr(self.bridge, "original_model", None), "config", None)
             if FINAL_RESID not in self.bridge.hook_dict or getattr(hf_config, "final_logit_softcapping", None):
                 logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
@@ -513,8 +513,8 @@ class Patcher:
         scale = max(1.0, float(full.abs().max()))
         return store, full, bool((short.float() - full.float()).abs().max() <= 1e-5 * scale)
 
-    def _contrast_ld(self, chunk: PatchingData, hooks: list, tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """LD per example of one run (the contrast prompt unless `tokens` is given) under `hooks`."""
+    def _run_ld(self, chunk: PatchingData, hooks: list, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """LD per example of one run under `hooks`: the contrast prompt unless `tokens` is given."""
         tokens = (chunk.contrast if tokens is None else tokens).to(self.device)
         if self._ld_from_final_resid_holds:
             def stop(resid, hook):
