@@ -99,9 +99,9 @@ def bench_model(name, model, n_examples, loop=True):
     print(f"\n== {name}: {model.n_layers} layers x {model.n_heads} heads, d_model {model.bridge.cfg.d_model}, "
           f"{data.size} prompts of the discovery cell")
     print(f"fi exact path patching -> output            {t_fast:8.3f}s   best of 3 (fast analytic run 1: "
-          f"{patcher.fast_output_path})")
+          f"{patcher.route.analytic_output_path})")
     print(f"fi attribution patching                     {t_attr:8.3f}s   best of 3 (LD from the final residual: "
-          f"{patcher._ld_from_final_resid_holds})")
+          f"{patcher.route.residual_readout})")
     print(f"fi activation patching (all heads)          {t_act:8.3f}s   one run")
     if loop:
         ref, t_ref = timed(lambda: paper_loop_output(model, data))

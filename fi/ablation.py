@@ -1,10 +1,11 @@
-"""Head ablation during evaluation: the paper's section 4 experiment.
+"""Head ablation during evaluation: the paper's section 4 experiment, as interventions
+(fi.interventions) on the heads' hook_z.
 
 Modes (what replaces the heads' hook_z):
   patch   the head's output from the normal prompt (the paper's: "patch from base"), all positions.
-          Rows of the normal prompt are left alone (patching a run from itself changes nothing).
-          The normal runs come first in every scoring call, so their z is captured on the way and
-          reused: no extra forward pass.
+          The normal prompts are scored first, unablated (patching a run from itself changes
+          nothing), and that same run captures the heads' z; the contrast prompts are then scored
+          with it patched in. No extra forward pass.
   mean    the head's mean output over a reference set of prompts (the cell's normal prompts, all
           token positions), at every position, on both prompts.
   zero    zeros, on both prompts.
@@ -18,121 +19,106 @@ from typing import Sequence
 
 import torch
 
-from fi.evaluation import ModelInput, encode_examples, score_examples
 from fi.answers import answer_vocabulary
-from fi.patching import z_hook
+from fi.evaluation import (PROMPT_KINDS, ModelInput, encode_examples, model_inputs, readout_route, run_inputs,
+                           score_inputs)
+from fi.interventions import Intervention, by_layer, z_hook
 
 MODES = ("patch", "mean", "zero")
 Head = tuple[int, int]
 
 
-def by_layer(heads: Sequence[Head]) -> dict[int, list[int]]:
-    out: dict[int, list[int]] = {}
-    for layer, head in heads:
-        out.setdefault(int(layer), []).append(int(head))
-    return out
-
-
-class PatchFromNormal:
-    """Hook factory: capture the heads' z on normal rows, write it into the matching contrast rows
-    (the normal input with the same answer tokens appended, so every position lines up)."""
-
-    def __init__(self, heads: Sequence[Head]):
-        self.layers = by_layer(heads)
-        self.store: dict[tuple[int, int], torch.Tensor] = {}  # (input index, layer) -> [T, H_sel, d]
-        # examples whose contrast input is not as long as its normal source (BPE tokenizers can
-        # split the shifted numbers differently): positions would not line up, so they are dropped
-        self.misaligned: set[int] = set()
-
-    def __call__(self, batch: list[ModelInput], width: int) -> list:
-        hooks = []
-        for layer, heads in self.layers.items():
-            if batch[0].prompt_kind == "normal":
-                def capture(z, hook, layer=layer, heads=heads):
-                    for row, inp in enumerate(batch):
-                        self.store[(inp.index, layer)] = z[row, : len(inp.tokens), heads].detach().clone()
-                    return z
-                hooks.append((z_hook(layer), capture))
-            else:
-                def patch(z, hook, layer=layer, heads=heads):
-                    for row, inp in enumerate(batch):
-                        src = self.store[(inp.source, layer)]
-                        if src.shape[0] != len(inp.tokens):
-                            self.misaligned.add(inp.example)
-                            continue
-                        z[row, : src.shape[0], heads] = src.to(z.dtype)
-                    return z
-                hooks.append((z_hook(layer), patch))
-        return hooks
-
-
-class Replace:
-    """Hook factory: the heads' z replaced by a fixed [H_sel, d] vector per layer on every row."""
-
-    def __init__(self, values: dict[int, tuple[list[int], torch.Tensor]]):
-        self.values = values
-
-    def __call__(self, batch: list[ModelInput], width: int) -> list:
-        hooks = []
-        for layer, (heads, value) in self.values.items():
-            def replace(z, hook, heads=heads, value=value):
-                z[:, :, heads] = value.to(z.device, z.dtype)
-                return z
-            hooks.append((z_hook(layer), replace))
-        return hooks
-
-
-def mean_z(model, encoded, heads: Sequence[Head], batch_size: int = 64) -> dict[int, tuple[list[int], torch.Tensor]]:
-    """Mean hook_z of the heads over every real token of the reference (normal) prompts."""
+def mean_z(model, encoded, heads: Sequence[Head], batch_size: int = 64) -> dict[int, torch.Tensor]:
+    """Mean hook_z of the heads (per layer: [len(heads of that layer), d_head]) over every real token
+    of the reference (normal) prompts."""
     layers = by_layer(heads)
     sums = {layer: 0.0 for layer in layers}
     count = 0
     prompts = [e.prompts["normal"] for e in encoded]
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        width = max(map(len, chunk))
-        tokens = torch.full((len(chunk), width), model.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
-        for i, p in enumerate(chunk):
-            tokens[i, : len(p)] = torch.tensor(p)
-            mask[i, : len(p)] = True
-        names = {z_hook(layer) for layer in layers}
+        tokens, mask = model.right_pad(prompts[start:start + batch_size])
+        store = {}
+
+        def keep(z, hook):
+            store[hook.name] = z
+            return z
         with torch.inference_mode():
-            _, cache = model.bridge.run_with_cache(tokens.to(model.device), names_filter=lambda n: n in names)
+            model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=[(z_hook(layer), keep) for layer in layers],
+                                        stop_at_layer=max(layers) + 1)
         m = mask.to(model.device)
         for layer, hs in layers.items():
-            z = cache[z_hook(layer)][:, :, hs]  # [B, T, H_sel, d]
+            z = store[z_hook(layer)][:, :, hs]  # [B, T, H_sel, d]
             sums[layer] = sums[layer] + (z * m[..., None, None]).sum((0, 1)).float().cpu()
         count += int(mask.sum())
-    return {layer: (hs, sums[layer] / count) for layer, hs in layers.items()}
+    return {layer: sums[layer] / count for layer in layers}
 
 
-def hook_factory_for(mode: str, model, encoded, heads: Sequence[Head], batch_size: int = 64):
-    if not heads:
-        return None
-    if mode == "patch":
-        return PatchFromNormal(heads)
-    if mode == "mean":
-        return Replace(mean_z(model, encoded, heads, batch_size))
-    if mode == "zero":
-        return Replace({layer: (hs, torch.zeros(len(hs), model.bridge.cfg.d_head))
-                        for layer, hs in by_layer(heads).items()})
-    raise ValueError(f"unknown ablation mode {mode!r}; expected one of {MODES}")
+def constant_interventions(values: dict[int, torch.Tensor], heads: Sequence[Head]):
+    """Every row's heads replaced by a fixed per-layer value (a mean, or zeros)."""
+    layers = by_layer(heads)
+    return lambda batch, width: [Intervention.constant(z_hook(layer), values[layer], heads=hs)
+                                 for layer, hs in layers.items()]
+
+
+def patch_from_captured(captured: dict, normal_of: dict, heads: Sequence[Head], misaligned: set):
+    """Each contrast row's heads take the z its normal prompt had with the same answer prefix
+    (captured while scoring the normal prompts). Rows whose normal source is not as long (BPE
+    tokenizers can split the shifted numbers differently) cannot line up: left unpatched and recorded
+    in `misaligned`, to be dropped."""
+    layers = by_layer(heads)
+
+    def interventions(batch: list[ModelInput], width: int) -> list:
+        out = []
+        for layer, hs in layers.items():
+            name = z_hook(layer)
+            first = captured[(normal_of[(batch[0].example, batch[0].suffix)], name)]
+            value = torch.zeros((len(batch), width) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
+            positions = torch.zeros((len(batch), width), dtype=torch.bool)
+            for row, inp in enumerate(batch):
+                src = captured[(normal_of[(inp.example, inp.suffix)], name)]
+                if src.shape[0] != len(inp.tokens):
+                    misaligned.add(inp.example)
+                    continue
+                value[row, : src.shape[0]] = src
+                positions[row, : src.shape[0]] = True
+            out.append(Intervention(name, value, tuple(hs), positions))
+        return out
+    return interventions
 
 
 def ablated_scores(model, family, variant, records, shots: int, heads: Sequence[Head], mode: str = "patch",
                    batch_size: int = 64):
     """Per-example scores (as fi.evaluation) with `heads` ablated; an empty set is no ablation."""
+    if mode not in MODES:
+        raise ValueError(f"unknown ablation mode {mode!r}; expected one of {MODES}")
     examples = family.examples(records, variant, shots)
     vocab = answer_vocabulary(model, examples[0].contrast_prompt, family.answer_space(variant))
     encoded = encode_examples(model, examples)
-    factory = hook_factory_for(mode, model, encoded, heads, batch_size)
-    df = score_examples(model, encoded, vocab, batch_size, factory)
+    inputs = model_inputs(encoded, PROMPT_KINDS)
+    residual = readout_route(model, inputs, vocab)
+    misaligned: set[int] = set()
+    if not heads:
+        restricted, _ = run_inputs(model, inputs, vocab, batch_size, residual_readout=residual)
+    elif mode == "patch":
+        normal = [x for x in inputs if x.prompt_kind == "normal"]
+        contrast = [x for x in inputs if x.prompt_kind == "contrast"]
+        capture = {z_hook(layer): hs for layer, hs in by_layer(heads).items()}
+        done_normal, captured = run_inputs(model, normal, vocab, batch_size, capture=capture, residual_readout=residual)
+        normal_of = {(x.example, x.suffix): k for k, x in enumerate(normal)}
+        done_contrast, _ = run_inputs(model, contrast, vocab, batch_size,
+                                      patch_from_captured(captured, normal_of, heads, misaligned),
+                                      residual_readout=residual)
+        inputs, restricted = normal + contrast, done_normal + done_contrast
+    else:
+        values = (mean_z(model, encoded, heads, batch_size) if mode == "mean" else
+                  {layer: torch.zeros(len(hs), model.bridge.cfg.d_head) for layer, hs in by_layer(heads).items()})
+        restricted, _ = run_inputs(model, inputs, vocab, batch_size, constant_interventions(values, heads),
+                                   residual_readout=residual)
+    df = score_inputs(model, encoded, inputs, restricted, vocab)
     df.insert(1, "normal_answer", [e.normal_answer for e in examples])
     df.insert(2, "contrast_answer", [e.contrast_answer for e in examples])
-    dropped = getattr(factory, "misaligned", set())
-    if dropped:
-        df = df[~df["example"].isin(dropped)].reset_index(drop=True)
+    if misaligned:
+        df = df[~df["example"].isin(misaligned)].reset_index(drop=True)
         if df.empty:
             raise ValueError(f"{model.name}: no example of {variant.name} has normal and contrast prompts of "
                              "the same token length; patch-from-base needs them aligned (use mode mean or zero)")

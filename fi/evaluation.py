@@ -7,7 +7,8 @@ An answer counts as produced when, at every answer position, the argmax over the
 (see fi.answers) is the answer's token, with the earlier answer tokens fed in (teacher forcing). That
 is exactly the paper's eval.py, batched: the model runs on `prompt + answer[:-1]` only once per
 distinct input, right-padded (a causal model never attends to the pads on its right, so padding
-changes no logit).
+changes no logit), and only the answer vocabulary's logits at the answer positions are computed
+(from the final residual stream; see fi.readout).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import pandas as pd
 import torch
 
 from fi.answers import answer_token_ids, answer_vocabulary, first_difference
+from fi.interventions import hooks_for
+from fi.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
 from fi.tasks import Example
 
 PROMPT_KINDS = ("normal", "contrast")
@@ -39,14 +42,14 @@ class EncodedExample:
 
 @dataclass(frozen=True)
 class ModelInput:
-    """One distinct sequence the model runs on; hooks see these to know what each row is."""
+    """One distinct sequence the model runs on: `prompt_kind`'s prompt of example `example` followed
+    by `suffix` (an answer's tokens but its last, for teacher forcing)."""
 
-    index: int  # position in the list of inputs of one scoring call
     example: int
     prompt_kind: str
     prompt_len: int
+    suffix: tuple
     tokens: tuple
-    source: int  # index of the normal-prompt input with the same answer tokens appended
 
 
 def encode_examples(model, examples: Sequence[Example]) -> list[EncodedExample]:
@@ -69,59 +72,90 @@ def encode_examples(model, examples: Sequence[Example]) -> list[EncodedExample]:
     return encoded
 
 
-HookFactory = Callable[[list[ModelInput], int], list]
+# What changes a batch's run: given the batch's inputs and its padded width, the interventions to
+# apply (fi.interventions), rows in batch order.
+InterventionsFor = Callable[[list[ModelInput], int], list]
 
 
-def _run(model, inputs: list[ModelInput], batch_size: int, hook_factory: HookFactory | None):
-    """Yield (batch of inputs, logits [B, T, V]) over `inputs` in length-sorted batches, all
-    normal-prompt inputs before any contrast-prompt input (so that hooks may reuse what the normal
-    runs produced: ablation's patch-from-base does)."""
-    order = sorted(range(len(inputs)), key=lambda i: (inputs[i].prompt_kind != "normal", len(inputs[i].tokens)))
-    batches = []
+def model_inputs(encoded: Sequence[EncodedExample], prompt_kinds: Sequence[str] = PROMPT_KINDS) -> list[ModelInput]:
+    """The distinct (prompt, answer prefix) sequences to run, of the given prompt kinds."""
+    inputs, seen = [], set()
+    for i, enc in enumerate(encoded):
+        for pk in prompt_kinds:
+            for ak in PROMPT_KINDS:
+                suffix = tuple(enc.answers[ak][:-1])
+                if (i, pk, suffix) not in seen:
+                    seen.add((i, pk, suffix))
+                    inputs.append(ModelInput(i, pk, len(enc.prompts[pk]), suffix, tuple(enc.prompts[pk]) + suffix))
+    return inputs
+
+
+def batches(inputs: Sequence[ModelInput], batch_size: int) -> list[list[int]]:
+    """Indices of `inputs` in batches: by prompt kind (normal first), then by length, so that a
+    batch holds sequences of similar widths."""
+    order = sorted(range(len(inputs)), key=lambda i: (PROMPT_KINDS.index(inputs[i].prompt_kind), len(inputs[i].tokens)))
+    out = []
     for kind in PROMPT_KINDS:
         of_kind = [i for i in order if inputs[i].prompt_kind == kind]
-        batches += [of_kind[s:s + batch_size] for s in range(0, len(of_kind), batch_size)]
-    for idx in batches:
-        batch = [inputs[i] for i in idx]
-        width = max(len(b.tokens) for b in batch)
-        tokens = torch.full((len(batch), width), model.pad_id, dtype=torch.long)
-        for row, b in enumerate(batch):
-            tokens[row, : len(b.tokens)] = torch.tensor(b.tokens)
-        tokens = tokens.to(model.device)
-        with torch.inference_mode():
-            if hook_factory is None:
-                logits = model.bridge(tokens)
-            else:
-                logits = model.bridge.run_with_hooks(tokens, fwd_hooks=hook_factory(batch, width))
-        yield idx, logits
+        out += [of_kind[s:s + batch_size] for s in range(0, len(of_kind), batch_size)]
+    return out
 
 
-def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor, batch_size: int = 64,
-                   hook_factory: HookFactory | None = None,
-                   prompt_kinds: Sequence[str] = PROMPT_KINDS) -> pd.DataFrame:
-    """Per-example scores: the correctness flags, predictions and first-token logit diffs of the
-    given prompt kinds (both by default; the paper's cf_acc / orig_acc need only "contrast")."""
-    inputs: list[ModelInput] = []
-    where: dict[tuple, int] = {}
-    for i, enc in enumerate(encoded):
-        for pk in ("normal", *[k for k in prompt_kinds if k != "normal"]):
-            for ak in PROMPT_KINDS:
-                suffix = enc.answers[ak][:-1]
-                seq = tuple(enc.prompts[pk] + suffix)
-                key = (i, pk, seq)
-                if key not in where:
-                    source = where.get((i, "normal", tuple(enc.prompts["normal"] + suffix)), -1)
-                    where[key] = len(inputs)
-                    inputs.append(ModelInput(len(inputs), i, pk, len(enc.prompts[pk]), seq,
-                                             len(inputs) if pk == "normal" else source))
+def readout_route(model, inputs: Sequence[ModelInput], vocab: torch.Tensor) -> bool:
+    """Whether the answer vocabulary's logits can be read from the final residual stream (see
+    fi.readout), checked on up to 8 inputs at their last answer position."""
+    probe = list(inputs[:8])
+    tokens, _ = model.right_pad([p.tokens for p in probe])
+    positions = torch.tensor([len(p.tokens) - 1 for p in probe])
+    return residual_readout_holds(model, tokens.to(model.device), positions, vocab[None].repeat(len(probe), 1))
+
+
+def run_inputs(model, inputs: Sequence[ModelInput], vocab: torch.Tensor, batch_size: int = 64,
+               interventions: InterventionsFor | None = None, capture: dict | None = None,
+               residual_readout: bool | None = None) -> tuple[list, dict]:
+    """Run every input once, in `batches`. Returns, per input, the answer vocabulary's logits at its
+    answer positions ([answer length, |vocab|] float32), and the activations `capture` asks for
+    ({hook name: head indices} -> {(input index, hook name): [its length, heads, ...]}).
+
+    Logits come from the final residual (only `vocab`'s unembedding rows) when `residual_readout`
+    (decided by `readout_route` when None), else from the full logits."""
+    if residual_readout is None:
+        residual_readout = readout_route(model, inputs, vocab)
     vocab_dev = vocab.to(model.device)
-    vocab_index = {int(t): j for j, t in enumerate(vocab.tolist())}
-    restricted: list = [None] * len(inputs)  # per input: [T_answer_positions..., |vocab|] float32
-    for idx, logits in _run(model, inputs, batch_size, hook_factory):
-        for row, i in enumerate(idx):
-            start = inputs[i].prompt_len - 1
-            restricted[i] = logits[row, start:len(inputs[i].tokens), :][:, vocab_dev].float().cpu()
+    restricted: list = [None] * len(inputs)
+    captured: dict = {}
+    for idx in batches(inputs, batch_size):
+        batch = [inputs[i] for i in idx]
+        tokens, _ = model.right_pad([b.tokens for b in batch])
+        hooks = hooks_for(interventions(batch, tokens.shape[1])) if interventions else []
+        for name, heads in (capture or {}).items():
+            def keep(x, hook, heads=heads, name=name):
+                for row, i in enumerate(idx):
+                    captured[(i, name)] = x[row, : len(inputs[i].tokens), heads].detach().clone()
+                return x
+            hooks.append((name, keep))
+        with torch.inference_mode():
+            if residual_readout:
+                out = run_to_final_resid(model, tokens.to(model.device), hooks)
+            else:
+                out = model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=hooks)
+            spans = [(inputs[i].prompt_len - 1, len(inputs[i].tokens)) for i in idx]
+            picked = torch.cat([out[row, a:b] for row, (a, b) in enumerate(spans)])
+            logits = unembed_tokens(model, picked, vocab_dev) if residual_readout else picked[:, vocab_dev]
+            logits = logits.float().cpu()
+        start = 0
+        for i, (a, b) in zip(idx, spans):
+            restricted[i] = logits[start:start + b - a]
+            start += b - a
+    return restricted, captured
 
+
+def score_inputs(model, encoded: Sequence[EncodedExample], inputs: Sequence[ModelInput], restricted: list,
+                 vocab: torch.Tensor, prompt_kinds: Sequence[str] = PROMPT_KINDS) -> pd.DataFrame:
+    """Per-example scores from `run_inputs`' logits: the correctness flags, predictions and logit
+    differences of the given prompt kinds."""
+    where = {(inp.example, inp.prompt_kind, inp.suffix): k for k, inp in enumerate(inputs)}
+    vocab_index = {int(t): j for j, t in enumerate(vocab.tolist())}
     rows = []
     for i, enc in enumerate(encoded):
         rec: dict = {"example": i}
@@ -129,7 +163,7 @@ def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor
             if pk not in prompt_kinds:
                 continue
             answer = enc.answers[ak]
-            r = restricted[where[(i, pk, tuple(enc.prompts[pk] + answer[:-1]))]]
+            r = restricted[where[(i, pk, tuple(answer[:-1]))]]
             pred = [int(vocab[j]) for j in r[: len(answer)].argmax(-1).tolist()]
             rec[col] = pred == answer
             if pk == ak:
@@ -143,20 +177,29 @@ def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor
             if j is None:
                 rec[f"{pk}_logit_diff"] = 0.0
                 continue
-            at = restricted[where[(i, pk, tuple(enc.prompts[pk] + enc.answers[pk][:-1]))]][j]
+            at = restricted[where[(i, pk, tuple(enc.answers[pk][:-1]))]][j]
             rec[f"{pk}_logit_diff"] = float(at[vocab_index[n_ans[j]]] - at[vocab_index[c_ans[j]]])
         rows.append(rec)
     return pd.DataFrame(rows)
 
 
+def score_examples(model, encoded: Sequence[EncodedExample], vocab: torch.Tensor, batch_size: int = 64,
+                   interventions: InterventionsFor | None = None,
+                   prompt_kinds: Sequence[str] = PROMPT_KINDS, residual_readout: bool | None = None) -> pd.DataFrame:
+    """Per-example scores of the given prompt kinds (both by default; the paper's cf_acc / orig_acc
+    need only "contrast"), with `interventions` applied to every batch when given."""
+    inputs = model_inputs(encoded, prompt_kinds)
+    restricted, _ = run_inputs(model, inputs, vocab, batch_size, interventions, residual_readout=residual_readout)
+    return score_inputs(model, encoded, inputs, restricted, vocab, prompt_kinds)
+
+
 def evaluate_task(model, family, variant, records, shots: int, batch_size: int = 64,
-                  hook_factory: HookFactory | None = None,
                   prompt_kinds: Sequence[str] = PROMPT_KINDS) -> pd.DataFrame:
     """Score one cell (model x task variant x shots); returns per-example rows."""
     examples = family.examples(records, variant, shots)
     vocab = answer_vocabulary(model, examples[0].contrast_prompt, family.answer_space(variant))
     encoded = encode_examples(model, examples)
-    df = score_examples(model, encoded, vocab, batch_size, hook_factory, prompt_kinds)
+    df = score_examples(model, encoded, vocab, batch_size, prompt_kinds=prompt_kinds)
     df.insert(1, "normal_answer", [e.normal_answer for e in examples])
     df.insert(2, "contrast_answer", [e.contrast_answer for e in examples])
     return df

@@ -65,6 +65,18 @@ class LoadedModel:
         bos = self.tokenizer.bos_token_id
         return ([bos] if bos is not None else []) + ids
 
+    def right_pad(self, sequences) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token lists right-padded to one width: (tokens [N, W] long, real-token mask [N, W] bool).
+        A causal model never attends to pads on the right of real tokens, so padding changes no
+        logit of a real position."""
+        width = max(len(s) for s in sequences)
+        tokens = torch.full((len(sequences), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.bool)
+        for i, seq in enumerate(sequences):
+            tokens[i, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+            mask[i, : len(seq)] = True
+        return tokens, mask
+
     @property
     def pad_id(self) -> int:
         # Pads only ever sit to the right of real tokens, so a causal model never attends to them

@@ -1,5 +1,8 @@
-"""The one patching engine: activation, path and attribution patching over attention heads, and the
-head-output patches that ablation uses. Every analysis in `fi` goes through `Patcher`.
+"""The intervention engine: activation, path and attribution patching over attention heads, and the
+patched runs that circuit evaluation uses, in the shape of TransformerLens' `patching.py`: one
+generic function (`run_with_interventions`: a contrast run, stacked once per variant along the batch,
+each variant with its own `fi.interventions.Intervention`s, read through one metric) and thin
+specialisations, each a function of (model, cache, interventions, metric).
 
 Conventions (the paper's, section 2):
   * A *normal* prompt shows the plain function (a+b); its *contrast* prompt the same demos shifted
@@ -12,6 +15,11 @@ Conventions (the paper's, section 2):
   * A patched run's score is normalised as (LD_patched - LD_contrast) / (LD_contrast - LD_normal):
     0 means no effect, -1 means the patch fully restores the normal behaviour (answering a+b).
 
+What is computed once, immutably: `RunCache` holds the normal and contrast runs' activations and LDs
+per chunk of examples; `Route` records how this model is read (LD from the final residual with only
+the two answers' unembedding rows, or from full logits; path patching's run 1 analytic at the last
+position, or hooked), decided by `decide_route` from checks on the first chunk.
+
 Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
 tokenizers), whose answer merges into the prompt's last token (see fi.answers), or whose two answers
 never differ (offset 0), carry no signal and are dropped; the count dropped is reported.
@@ -20,26 +28,23 @@ never differ (offset 0), carry no signal and are dropped; the count dropped is r
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
-from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
+from fi.interventions import Intervention, by_layer, hooks_for, qkv_hook, z_hook
+from fi.readout import ROUTE_RTOL, residual_readout_holds, run_to_final_resid, unembed_tokens
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
-FINAL_RESID = "ln_final.hook_in"  # the residual stream after the last block
+Head = tuple[int, int]
 
-
-def z_hook(layer: int) -> str:
-    return f"blocks.{layer}.attn.hook_z"
-
-
-def qkv_hook(layer: int, which: str) -> str:
-    return f"blocks.{layer}.attn.hook_{which}"
+__all__ = ["POSITION_GROUPS", "PatchingData", "Receiver", "Route", "RunCache", "Patcher", "activation_patching",
+           "attribution_patching", "build_cache", "build_patching_data", "decide_route", "logit_diff",
+           "patched_effect", "path_patching", "qkv_hook", "run_with_interventions", "z_hook"]
 
 
 @dataclass(frozen=True)
@@ -147,13 +152,10 @@ def build_patching_data(model, family, variant, records, shots: int, max_example
         raise ValueError(f"{model.name}: no example of {variant.name} at {shots} shots has aligned normal "
                          "and contrast prompts with different, separately tokenized answers; nothing to "
                          f"patch ({dropped} of {len(examples)} examples dropped)")
-    width = max(len(r[0]) for r in rows)
-    normal = torch.full((len(rows), width), model.pad_id, dtype=torch.long)
-    contrast = normal.clone()
-    groups = {g: torch.zeros((len(rows), width), dtype=torch.bool) for g in POSITION_GROUPS}
-    for i, (n_ids, c_ids, _, _, masks) in enumerate(rows):
-        normal[i, : len(n_ids)] = torch.tensor(n_ids)
-        contrast[i, : len(c_ids)] = torch.tensor(c_ids)
+    normal, _ = model.right_pad([r[0] for r in rows])
+    contrast, _ = model.right_pad([r[1] for r in rows])
+    groups = {g: torch.zeros(normal.shape, dtype=torch.bool) for g in POSITION_GROUPS}
+    for i, (_, c_ids, _, _, masks) in enumerate(rows):
         for g in POSITION_GROUPS:
             groups[g][i, : len(c_ids)] = torch.tensor(masks[g])  # c_ids: prompt + common prefix
     return PatchingData(normal, contrast, torch.tensor([len(r[1]) - 1 for r in rows]),
@@ -162,381 +164,373 @@ def build_patching_data(model, family, variant, records, shots: int, max_example
 
 def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Tensor,
                contrast_answer: torch.Tensor) -> torch.Tensor:
-    """Per-row normal-answer minus contrast-answer logit at each row's last prompt token."""
+    """Per-row normal-answer minus contrast-answer logit at each row's last prompt token, from full
+    logits [B, T, V] (the fallback route, and the references')."""
     rows = torch.arange(logits.shape[0], device=logits.device)
     final = logits[rows, last.to(logits.device)]
     return (final.gather(1, normal_answer.to(logits.device)[:, None])
             - final.gather(1, contrast_answer.to(logits.device)[:, None]))[:, 0]
 
 
-class Patcher:
-    """Caches the normal and contrast runs of `data` once and answers every patching question on
-    them. Work is done in chunks of `batch_size` examples; senders / heads are stacked along the
-    batch dimension (`rows_per_pass` rows per forward pass)."""
+# ---- the route: how this model is read, decided once -----------------------------------------------
 
-    def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int = 256):
-        self.model = model
-        self.bridge = model.bridge
-        self.data = data
-        self.batch_size = batch_size
-        self.rows_per_pass = rows_per_pass
-        self.n_layers = model.n_layers
-        self.n_heads = model.n_heads
-        self.n_kv_heads = int(getattr(self.bridge.cfg, "n_key_value_heads", None) or self.n_heads)
-        self.device = model.device
-        self.chunks = [data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size)]
+@dataclass(frozen=True)
+class Route:
+    """How metrics are read on one model, decided once by `decide_route` and recorded with results.
 
-    # The caches and the quantities derived from them are built on first use: attribution patching
-    # alone needs far less (see attribution_patching).
-    @cached_property
-    def _caches(self) -> list[dict]:
-        return [self._cache(c) for c in self.chunks]
+    residual_readout      LD from the final residual stream at the read position, through the final
+                          norm and the two answers' unembedding rows only (else from full logits)
+    analytic_output_path  path patching to the output computes run 1 analytically at the last
+                          position (pre-norm sequential blocks; else hooked runs)"""
 
-    @cached_property
-    def ld_normal(self) -> float:
-        return float(torch.cat([c["ld_normal"] for c in self._caches]).mean())
+    residual_readout: bool
+    analytic_output_path: bool
 
-    @cached_property
-    def ld_contrast(self) -> float:
-        return float(torch.cat([c["ld_contrast"] for c in self._caches]).mean())
 
-    @cached_property
-    def fast_output_path(self) -> bool:
-        return self._fast_path_holds()
+def _ld_from_resid(model, resid_last: torch.Tensor, normal_answer: torch.Tensor,
+                   contrast_answer: torch.Tensor) -> torch.Tensor:
+    """LD per row from final-residual vectors at the read position [N, d_model]."""
+    logits = unembed_tokens(model, resid_last, torch.stack([normal_answer, contrast_answer], 1))
+    return logits[:, 0] - logits[:, 1]
 
-    def _fast_path_holds(self, atol: float = 1e-3) -> bool:
-        """The analytic run 1 (see _frozen_resid_at_last) assumes a pre-norm sequential block:
-        resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp(ln2(resid_mid)). Check it
-        on this model by rebuilding the contrast run's final logits that way; architectures that
-        differ (parallel attention and MLP, extra norms) use the hooked run 1 instead."""
-        chunk, cache = self.chunks[0], self._caches[0]
-        c = cache["contrast"]
-        rows = torch.arange(chunk.size)
-        try:
-            with torch.inference_mode():
-                resid = c["blocks.0.hook_resid_pre"][rows, chunk.last]
-                for layer in range(self.n_layers):
-                    blk = self.bridge.blocks[layer]
-                    z = c[z_hook(layer)][rows, chunk.last][:, None]
-                    resid = resid + blk.attn.o(z.flatten(-2))[:, 0]
-                    resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
-                logits = self.bridge.unembed(self.bridge.ln_final(resid[:, None]))[:, 0]
-            ld = logits[rows, chunk.normal_answer] - logits[rows, chunk.contrast_answer]
-        except Exception:  # a block without these parts
-            return False
-        scale = max(1.0, float(cache["ld_contrast"].abs().max()))
-        return bool((ld.float().cpu() - cache["ld_contrast"]).abs().max() <= atol * scale)
 
-    # ---- caches -------------------------------------------------------------------------------
-    def _names(self) -> list[str]:
-        names = []
-        for layer in range(self.n_layers):
-            names += [z_hook(layer), f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_resid_mid",
-                      f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out"]
-        return names
-
-    def _cache(self, chunk: PatchingData) -> dict:
-        names = set(self._names())
-        out = {}
+def _analytic_path_holds(model, chunk: "PatchingData") -> bool:
+    """The analytic run 1 (see _frozen_resid_at_last) assumes pre-norm sequential blocks:
+    resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp(ln2(resid_mid)). Checked on
+    this model by rebuilding the contrast run's LD that way from its head outputs; architectures that
+    differ (parallel attention and MLP, extra norms: Gemma-2) take the hooked run 1."""
+    bridge = model.bridge
+    names = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
+    rows = torch.arange(chunk.size)
+    try:
         with torch.inference_mode():
-            for kind, tokens in (("normal", chunk.normal), ("contrast", chunk.contrast)):
-                logits, cache = self.bridge.run_with_cache(tokens.to(self.device), names_filter=lambda n: n in names)
-                out[f"ld_{kind}"] = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).float().cpu()
-                out[kind] = {n: cache[n] for n in names}
-        return out
+            logits, cache = bridge.run_with_cache(chunk.contrast.to(model.device), names_filter=lambda n: n in names)
+            expected = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+            resid = cache["blocks.0.hook_resid_pre"][rows, chunk.last]
+            for layer in range(model.n_layers):
+                blk = bridge.blocks[layer]
+                z = cache[z_hook(layer)][rows, chunk.last][:, None]
+                resid = resid + blk.attn.o(z.flatten(-2))[:, 0]
+                resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
+            final = bridge.unembed(bridge.ln_final(resid[:, None]))[:, 0]
+            rebuilt = logit_diff(final[:, None], torch.zeros_like(chunk.last), chunk.normal_answer, chunk.contrast_answer)
+    except Exception:  # a block without these parts
+        return False
+    scale = max(1.0, float(expected.abs().max()))
+    return bool((rebuilt.float().cpu() - expected.float().cpu()).abs().max() <= ROUTE_RTOL * scale)
 
-    def normalise(self, ld: torch.Tensor | float) -> torch.Tensor | float:
-        return (ld - self.ld_contrast) / (self.ld_contrast - self.ld_normal)
 
-    def _mean_over_chunks(self, per_chunk: Iterable[torch.Tensor]) -> torch.Tensor:
-        """Per-chunk sums of LD (any leading shape, examples last) -> mean over all examples."""
-        total = None
-        for s in per_chunk:
-            total = s if total is None else total + s
-        return total / self.data.size
+def decide_route(model, data: "PatchingData", probe_size: int = 8) -> Route:
+    """Both route checks on the first `probe_size` examples (one tolerance, ROUTE_RTOL)."""
+    chunk = data.subset(slice(0, probe_size))
+    compared = torch.stack([chunk.normal_answer, chunk.contrast_answer], 1)
+    residual = residual_readout_holds(model, chunk.contrast.to(model.device), chunk.last, compared)
+    return Route(residual_readout=residual, analytic_output_path=_analytic_path_holds(model, chunk))
 
-    # ---- activation patching ------------------------------------------------------------------
-    def activation_patching(self, group: str | None = None) -> torch.Tensor:
-        """[layers, heads]: each head's hook_z copied from the normal run into the contrast run, at
-        all positions or only at a position group's positions; normalised."""
-        heads = [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
-        sums = self._mean_over_chunks(self._act_patch_chunk(i, heads, group) for i in range(len(self.chunks)))
-        return self.normalise(sums).reshape(self.n_layers, self.n_heads)
 
-    def _stacked(self, chunk: PatchingData, items: Sequence, run) -> torch.Tensor:
-        """Per-item sums of LD over the chunk, the contrast prompt repeated once per item along the
-        batch (`rows_per_pass` rows a pass); `run(block, tokens)` runs one block of items."""
-        b = chunk.size
-        per_pass = max(1, self.rows_per_pass // b)
-        sums = []
-        for start in range(0, len(items), per_pass):
-            block = items[start:start + per_pass]
-            tokens = chunk.contrast.to(self.device).repeat(len(block), 1)
-            with torch.inference_mode():
-                logits = run(block, tokens)
-            ld = logit_diff(logits, chunk.last.repeat(len(block)), chunk.normal_answer.repeat(len(block)),
-                            chunk.contrast_answer.repeat(len(block)))
-            sums.append(ld.float().cpu().reshape(len(block), b).sum(1))
-        return torch.cat(sums) if sums else torch.zeros(0)
+def read_ld(model, route: Route, tokens: torch.Tensor, fwd_hooks: list, last: torch.Tensor,
+            normal_answer: torch.Tensor, contrast_answer: torch.Tensor,
+            start_at_layer: int | None = None) -> torch.Tensor:
+    """LD per row [B] of one hooked run on `tokens` [B, T] (or, with `start_at_layer`, on residuals
+    [B, T, d_model] entering that layer), through the route's reader."""
+    if route.residual_readout:
+        resid = run_to_final_resid(model, tokens, fwd_hooks, start_at_layer)
+        rows = torch.arange(resid.shape[0], device=resid.device)
+        return _ld_from_resid(model, resid[rows, last.to(resid.device)], normal_answer, contrast_answer)
+    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
+    logits = model.bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, **kwargs)
+    return logit_diff(logits, last, normal_answer, contrast_answer)
 
-    @staticmethod
-    def _rows_of_layer(block, layer):
-        return [(i, h) for i, (lyr, h) in enumerate(block) if lyr == layer]
 
-    def _act_patch_chunk(self, ci: int, heads: Sequence[tuple[int, int]], group: str | None) -> torch.Tensor:
-        chunk, cache = self.chunks[ci], self._caches[ci]
-        mask = chunk.groups[group].to(self.device) if group else None
+# ---- the cache: the normal and contrast runs, built once ------------------------------------------
 
-        def run(block, tokens):
-            hooks = [(z_hook(layer), self._patch_z_rows(self._rows_of_layer(block, layer),
-                                                        cache["normal"][z_hook(layer)], chunk.size, mask))
-                     for layer in sorted({layer for layer, _ in block})]
-            return self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-        return self._stacked(chunk, heads, run)
+def cache_names(n_layers: int) -> list[str]:
+    """What the methods read from the cached runs: each layer's head outputs (z), the residual
+    entering it (runs start there) and its attention output (the analytic run 1)."""
+    names = []
+    for layer in range(n_layers):
+        names += [z_hook(layer), f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_attn_out"]
+    return names
 
-    @staticmethod
-    def _patch_z_rows(rows, source, b, mask):
-        def hook(z, hook):
-            for i, h in rows:
-                sl = slice(i * b, (i + 1) * b)
-                if mask is None:
-                    z[sl, :, h] = source[:, :, h]
+
+@dataclass(frozen=True)
+class RunCache:
+    """The normal and contrast runs of `data`, chunk by chunk, built once by `build_cache`.
+
+    chunks[i]              the i-th `batch_size` examples (PatchingData)
+    normal[i], contrast[i] hook name -> activation of that run: z [B, T, H, d_head], resid_pre and
+                           attn_out [B, T, d_model]
+    ld_normal, ld_contrast [N] LD per example of each run"""
+
+    data: "PatchingData"
+    route: Route
+    chunks: tuple
+    normal: tuple
+    contrast: tuple
+    ld_normal: torch.Tensor
+    ld_contrast: torch.Tensor
+    n_layers: int
+    n_heads: int
+
+    @property
+    def mean_ld_normal(self) -> float:
+        return float(self.ld_normal.mean())
+
+    @property
+    def mean_ld_contrast(self) -> float:
+        return float(self.ld_contrast.mean())
+
+    def normalise(self, ld):
+        """(LD - LD_contrast) / (LD_contrast - LD_normal): 0 no effect, -1 the normal behaviour."""
+        return (ld - self.mean_ld_contrast) / (self.mean_ld_contrast - self.mean_ld_normal)
+
+    def source(self, run: str, i: int) -> dict:
+        return (self.normal if run == "normal" else self.contrast)[i]
+
+
+def _capture_run(model, route: Route, chunk: "PatchingData", tokens: torch.Tensor, names: set) -> tuple[dict, torch.Tensor]:
+    store: dict = {}
+
+    def keep(x, hook):
+        store[hook.name] = x
+        return x
+    hooks = [(name, keep) for name in sorted(names)]
+    with torch.inference_mode():
+        ld = read_ld(model, route, tokens.to(model.device), hooks, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+    return store, ld.float().cpu()
+
+
+def build_cache(model, data: "PatchingData", route: Route | None = None, batch_size: int = 16,
+                names: Sequence[str] | None = None) -> RunCache:
+    """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names)."""
+    route = route or decide_route(model, data)
+    wanted = set(names if names is not None else cache_names(model.n_layers))
+    chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
+    normal, contrast, ld_n, ld_c = [], [], [], []
+    for chunk in chunks:
+        acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
+        normal.append(acts)
+        ld_n.append(ld)
+        acts, ld = _capture_run(model, route, chunk, chunk.contrast, wanted)
+        contrast.append(acts)
+        ld_c.append(ld)
+    return RunCache(data, route, chunks, tuple(normal), tuple(contrast), torch.cat(ld_n), torch.cat(ld_c),
+                    model.n_layers, model.n_heads)
+
+
+# ---- the one generic function ---------------------------------------------------------------------
+
+def run_with_interventions(model, cache: RunCache, i: int, variants: Sequence[Sequence[Intervention]],
+                           start_at_layer: int | None = None, extra_hooks: Sequence = (),
+                           stop_at_layer: int | None = None) -> torch.Tensor:
+    """LD [V, B] of chunk i's contrast prompt run once per variant, stacked along the batch: variant
+    v's interventions (given for one chunk's B rows) act on rows v*B..(v+1)*B.
+
+    With `start_at_layer`, the runs start at that layer from the cached contrast residual (exact when
+    no variant changes anything below it). With `stop_at_layer`, the run stops before that layer and
+    nothing is read (returns None): `extra_hooks` then capture what is wanted."""
+    chunk = cache.chunks[i]
+    b, n_var = chunk.size, len(variants)
+    interventions = [replace(iv, rows=slice(v * b, (v + 1) * b)) for v, ivs in enumerate(variants) for iv in ivs]
+    hooks = hooks_for(interventions) + list(extra_hooks)
+    if start_at_layer:
+        inputs = cache.contrast[i][f"blocks.{start_at_layer}.hook_resid_pre"].repeat(n_var, 1, 1)
+    else:
+        inputs, start_at_layer = chunk.contrast.to(model.device).repeat(n_var, 1), None
+    with torch.inference_mode():
+        if stop_at_layer is not None:
+            kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
+            model.bridge.run_with_hooks(inputs, fwd_hooks=hooks, stop_at_layer=stop_at_layer, **kwargs)
+            return None
+        ld = read_ld(model, cache.route, inputs, hooks, chunk.last.repeat(n_var), chunk.normal_answer.repeat(n_var),
+                     chunk.contrast_answer.repeat(n_var), start_at_layer)
+    return ld.float().cpu().reshape(n_var, b)
+
+
+def _blocks(items: Sequence, b: int, rows_per_pass: int):
+    per_pass = max(1, rows_per_pass // b)
+    for start in range(0, len(items), per_pass):
+        yield items[start:start + per_pass]
+
+
+def _all_heads(cache: RunCache) -> list[Head]:
+    return [(layer, head) for layer in range(cache.n_layers) for head in range(cache.n_heads)]
+
+
+def _per_head_mean(cache: RunCache, per_chunk_sums) -> torch.Tensor:
+    """Per-chunk [L*H] LD sums -> normalised [L, H] scores."""
+    total = sum(per_chunk_sums)
+    return cache.normalise(total / cache.data.size).reshape(cache.n_layers, cache.n_heads)
+
+
+# ---- activation patching ------------------------------------------------------------------------
+
+def activation_patching(model, cache: RunCache, group: str | None = None, rows_per_pass: int = 256) -> torch.Tensor:
+    """[layers, heads]: each head's hook_z copied from the normal run into the contrast run, at all
+    positions or at a position group's; normalised. Each layer's heads run from that layer on,
+    starting from the cached contrast residual (layers below are the contrast run's)."""
+    sums = []
+    for i, chunk in enumerate(cache.chunks):
+        mask = chunk.groups[group].to(model.device) if group else None
+        out = torch.zeros(cache.n_layers * cache.n_heads)
+        for layer in range(cache.n_layers):
+            source = cache.normal[i][z_hook(layer)]
+            heads = list(range(cache.n_heads))
+            for block in _blocks(heads, chunk.size, rows_per_pass):
+                variants = [[Intervention.patch(z_hook(layer), source, heads=[h], positions=mask)] for h in block]
+                ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer)
+                out[[layer * cache.n_heads + h for h in block]] = ld.sum(1)
+        sums.append(out)
+    return _per_head_mean(cache, sums)
+
+
+def patched_effect(model, cache: RunCache, heads: Sequence[Head], positions: dict | None = None) -> float:
+    """Normalised effect of patching a *set* of heads' hook_z from the normal run at once (each head
+    at every position, or at the [B, T] mask `positions[(layer, head)]` of each chunk's rows: a
+    callable chunk -> mask)."""
+    total = 0.0
+    for i, chunk in enumerate(cache.chunks):
+        ivs = [Intervention.patch(z_hook(layer), cache.normal[i][z_hook(layer)], heads=[h],
+                                  positions=None if positions is None else positions[(layer, h)](chunk))
+               for layer, hs in by_layer(heads).items() for h in hs]
+        total += float(run_with_interventions(model, cache, i, [ivs]).sum())
+    return float(cache.normalise(total / cache.data.size))
+
+
+# ---- path patching --------------------------------------------------------------------------------
+
+def _frozen(cache: RunCache, i: int, sender: Head, from_layer: int, to_layer: int) -> list[Intervention]:
+    """Run 1 of path patching for one sender: every head of layers from_layer..to_layer-1 frozen to
+    its contrast value, the sender given its normal value."""
+    layer, head = sender
+    ivs = [Intervention.patch(z_hook(lyr), cache.contrast[i][z_hook(lyr)]) for lyr in range(from_layer, to_layer)]
+    return ivs + [Intervention.patch(z_hook(layer), cache.normal[i][z_hook(layer)], heads=[head])]
+
+
+def path_patching(model, cache: RunCache, receiver: "Receiver | str" = RECEIVER_OUTPUT,
+                  rows_per_pass: int = 256) -> torch.Tensor:
+    """[layers, heads]: the paper's path patching from every sender head to `receiver`.
+
+    Run 1: the contrast prompt with every head's hook_z frozen to its contrast value except the
+    sender's, which takes its normal value; MLPs and norms recompute. To the output, the metric is
+    read from run 1. To a head's q/k/v: its input is taken from run 1 and patched into a clean
+    contrast run (run 2). Layers below the sender are the contrast run's in both runs, so each
+    sender's runs start at its layer from the cached residual."""
+    receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
+    if receiver.is_output and cache.route.analytic_output_path:
+        return _per_head_mean(cache, (_path_output_analytic(model, cache, i) for i in range(len(cache.chunks))))
+    sums = []
+    for i, chunk in enumerate(cache.chunks):
+        out = torch.zeros(cache.n_layers * cache.n_heads)
+        for layer in range(cache.n_layers):
+            if not receiver.is_output and layer >= receiver.layer:
+                # a sender at or above the receiver's layer cannot reach its input: run 2 is the
+                # clean contrast run
+                out[layer * cache.n_heads:(layer + 1) * cache.n_heads] = float(cache.ld_contrast[
+                    i * cache.chunks[0].size: i * cache.chunks[0].size + chunk.size].sum())
+                continue
+            for block in _blocks(list(range(cache.n_heads)), chunk.size, rows_per_pass):
+                if receiver.is_output:
+                    variants = [_frozen(cache, i, (layer, h), layer, cache.n_layers) for h in block]
+                    ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer)
                 else:
-                    z[sl, :, h] = torch.where(mask[..., None], source[:, :, h], z[sl, :, h])
-            return z
-        return hook
+                    ld = _path_to_head(model, cache, i, layer, block, receiver)
+                out[[layer * cache.n_heads + h for h in block]] = ld.sum(1)
+        sums.append(out)
+    return _per_head_mean(cache, sums)
 
-    # ---- path patching ------------------------------------------------------------------------
-    def path_patching(self, receiver: Receiver | str = RECEIVER_OUTPUT) -> torch.Tensor:
-        """[layers, heads]: the paper's path patching from every sender head to `receiver`.
 
-        Run 1: the contrast prompt with every head's hook_z frozen to its contrast value except the
-        sender's, which takes its normal value; MLPs and norms recompute. To the output, the metric
-        is read from run 1. To a head's q/k/v: its input is taken from run 1 and patched into a
-        clean contrast run (run 2)."""
-        receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
-        senders = [(layer, head) for layer in range(self.n_layers) for head in range(self.n_heads)]
-        if receiver.is_output and self.fast_output_path:
-            sums = self._mean_over_chunks(self._path_output_chunk(i) for i in range(len(self.chunks)))
-        elif receiver.is_output:
-            sums = self._mean_over_chunks(self._path_output_chunk_hooked(i, senders) for i in range(len(self.chunks)))
-        else:
-            sums = self._mean_over_chunks(self._path_head_chunk(i, senders, receiver) for i in range(len(self.chunks)))
-        return self.normalise(sums).reshape(self.n_layers, self.n_heads)
+def _path_to_head(model, cache: RunCache, i: int, layer: int, senders: Sequence[int], receiver: "Receiver") -> torch.Tensor:
+    """Run 1 (frozen, stopped after the receiver's layer, its q/k/v input captured) and run 2 (the
+    contrast run from the receiver's layer on, that input patched in) for the senders of one layer."""
+    n_kv = int(getattr(model.bridge.cfg, "n_key_value_heads", None) or cache.n_heads)
+    index = receiver.head if receiver.which == "q" else receiver.head // (cache.n_heads // n_kv)
+    name = qkv_hook(receiver.layer, receiver.which)
+    captured = {}
 
-    def _frozen_resid_at_last(self, ci: int, sender_layer: int) -> torch.Tensor:
-        """Run 1 at the last prompt position for every sender head of `sender_layer`, stacked
-        [heads * B, d_model]. With every head frozen, attention moves nothing between positions, so
-        the last position evolves alone: the sender's changed head output enters through the output
-        projection, and only norms and MLPs recompute, layer by layer."""
-        chunk, cache = self.chunks[ci], self._caches[ci]
-        c, n = cache["contrast"], cache["normal"]
-        b, rows = chunk.size, torch.arange(chunk.size)
-        last = chunk.last
-        heads = self.n_heads
-        block = self.bridge.blocks[sender_layer]
-        z_c = c[z_hook(sender_layer)][rows, last]  # [B, H, d]
-        z_n = n[z_hook(sender_layer)][rows, last]
-        z = z_c.unsqueeze(0).repeat(heads, 1, 1, 1)  # [H_sender, B, H, d]
-        idx = torch.arange(heads)
-        z[idx, :, idx] = z_n.permute(1, 0, 2)[idx]
-        attn_out = block.attn.o(z.reshape(heads * b, 1, -1))[:, 0]  # [H*B, d]
-        resid = c[f"blocks.{sender_layer}.hook_resid_pre"][rows, last].repeat(heads, 1) + attn_out
-        for layer in range(sender_layer, self.n_layers):
-            blk = self.bridge.blocks[layer]
-            if layer > sender_layer:  # every head frozen: the contrast run's attention output
-                resid = resid + c[f"blocks.{layer}.hook_attn_out"][rows, last].repeat(heads, 1)
-            resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
-        return resid
+    def capture(x, hook):
+        captured["x"] = x.clone()
+        return x
+    variants = [_frozen(cache, i, (layer, h), layer, receiver.layer) for h in senders]
+    run_with_interventions(model, cache, i, variants, start_at_layer=layer, extra_hooks=[(name, capture)],
+                           stop_at_layer=receiver.layer + 1)
+    b = cache.chunks[i].size
+    patched = [[Intervention.patch(name, captured["x"][v * b:(v + 1) * b], heads=[index])] for v in range(len(senders))]
+    return run_with_interventions(model, cache, i, patched, start_at_layer=receiver.layer)
 
-    def _path_output_chunk(self, ci: int) -> torch.Tensor:
-        chunk = self.chunks[ci]
-        sums = []
-        with torch.inference_mode():
-            for layer in range(self.n_layers):
-                resid = self._frozen_resid_at_last(ci, layer)
-                logits = self.bridge.unembed(self.bridge.ln_final(resid[:, None]))[:, 0]  # [H*B, V]
-                rows = torch.arange(logits.shape[0])
-                na = chunk.normal_answer.repeat(self.n_heads).to(logits.device)
-                ca = chunk.contrast_answer.repeat(self.n_heads).to(logits.device)
-                ld = logits[rows, na] - logits[rows, ca]
-                sums.append(ld.float().cpu().reshape(self.n_heads, chunk.size).sum(1))
-        return torch.cat(sums)
 
-    def _frozen_hooks(self, cache: dict, block, b: int, n_layers: int) -> list:
-        return [(z_hook(layer), self._freeze_z(cache["contrast"][z_hook(layer)], cache["normal"][z_hook(layer)],
-                                               self._rows_of_layer(block, layer), b))
-                for layer in range(n_layers)]
+def _frozen_resid_at_last(model, cache: RunCache, i: int, sender_layer: int) -> torch.Tensor:
+    """Run 1 at the last prompt position for every sender head of `sender_layer`, stacked
+    [heads * B, d_model]. With every head frozen, attention moves nothing between positions, so
+    the last position evolves alone: the sender's changed head output enters through the output
+    projection, and only norms and MLPs recompute, layer by layer."""
+    chunk = cache.chunks[i]
+    c, n = cache.contrast[i], cache.normal[i]
+    b, rows, last = chunk.size, torch.arange(chunk.size), chunk.last
+    heads = cache.n_heads
+    block = model.bridge.blocks[sender_layer]
+    z = c[z_hook(sender_layer)][rows, last].unsqueeze(0).repeat(heads, 1, 1, 1)  # [H_sender, B, H, d]
+    idx = torch.arange(heads)
+    z[idx, :, idx] = n[z_hook(sender_layer)][rows, last].permute(1, 0, 2)[idx]
+    attn_out = block.attn.o(z.reshape(heads * b, 1, -1))[:, 0]  # [H*B, d]
+    resid = c[f"blocks.{sender_layer}.hook_resid_pre"][rows, last].repeat(heads, 1) + attn_out
+    for layer in range(sender_layer, cache.n_layers):
+        blk = model.bridge.blocks[layer]
+        if layer > sender_layer:  # every head frozen: the contrast run's attention output
+            resid = resid + c[f"blocks.{layer}.hook_attn_out"][rows, last].repeat(heads, 1)
+        resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
+    return resid
 
-    def _path_output_chunk_hooked(self, ci: int, senders) -> torch.Tensor:
-        """Run 1 as batched hooked forward passes (any architecture), metric read from its logits."""
-        chunk, cache = self.chunks[ci], self._caches[ci]
 
-        def run(block, tokens):
-            return self.bridge.run_with_hooks(tokens, fwd_hooks=self._frozen_hooks(cache, block, chunk.size, self.n_layers))
-        return self._stacked(chunk, senders, run)
-
-    def _path_head_chunk(self, ci: int, senders, receiver: Receiver) -> torch.Tensor:
-        """Run 1 and run 2 as batched hooked forward passes, senders stacked along the batch; run 1
-        stops at the receiver's layer. Senders at or above the receiver's layer cannot reach its input
-        (their effect is exactly 0: run 2 is then the clean contrast run)."""
-        chunk, cache = self.chunks[ci], self._caches[ci]
-        live = [(layer, head) for layer, head in senders if layer < receiver.layer]
-        out = torch.full((len(senders),), float(cache["ld_contrast"].sum()))
-        recv_hook = qkv_hook(receiver.layer, receiver.which)
-        group = self.n_heads // self.n_kv_heads
-        recv_index = receiver.head if receiver.which == "q" else receiver.head // group
-
-        def run(block, tokens):
-            captured = {}
-
-            def capture(x, hook):
-                captured["x"] = x[:, :, recv_index].clone()
-                return x
-
-            def patch(x, hook):
-                x[:, :, recv_index] = captured["x"]
-                return x
-            hooks = self._frozen_hooks(cache, block, chunk.size, receiver.layer)
-            self.bridge.run_with_hooks(tokens, fwd_hooks=hooks + [(recv_hook, capture)], stop_at_layer=receiver.layer + 1)
-            return self.bridge.run_with_hooks(tokens, fwd_hooks=[(recv_hook, patch)])
-        for (layer, head), s in zip(live, self._stacked(chunk, live, run)):
-            out[layer * self.n_heads + head] = s
-        return out
-
-    @staticmethod
-    def _freeze_z(contrast_z, normal_z, sender_rows, b):
-        """Every head frozen to its contrast value; each stacked sender row-block gets its sender
-        head's normal value."""
-        def hook(z, hook):
-            n = z.shape[0] // b
-            z = contrast_z.repeat(n, 1, 1, 1).clone()
-            for i, h in sender_rows:
-                z[i * b:(i + 1) * b, :, h] = normal_z[:, :, h]
-            return z
-        return hook
-
-    # ---- attribution patching -----------------------------------------------------------------
-    def attribution_patching(self) -> torch.Tensor:
-        """[layers, heads]: first-order estimate of activation patching for every head, normalised
-        like the exact methods: sum over positions of (z_normal - z_contrast) . dLD/dz at the
-        contrast run.
-
-        Per chunk: one forward pass on the normal prompt (hook_z only; skipped when the caches
-        exist), one on the contrast prompt with gradients, one backward. Its cost does not grow with
-        the number of heads, and three things keep it small:
-          * the estimate for head h of layer l is the derivative of LD along z_l + a_h (z_normal -
-            z_contrast) at a = 0, so the backward pass computes gradients only for L x H scalars
-            a, not for the weights (they are frozen for the pass);
-          * both runs stop at the final residual stream, and LD is read from the last position only
-            (final norm + unembedding of two rows instead of every position's full vocabulary);
-            checked against the full logits on the first chunk, with full runs as the fallback;
-          * the normal run caches hook_z only."""
-        total = torch.zeros(self.n_layers, self.n_heads)
-        have_caches = "_caches" in self.__dict__
-        ld_sums = {"normal": 0.0, "contrast": 0.0}
-        for ci, chunk in enumerate(self.chunks):
-            if have_caches:
-                normal_z = {layer: self._caches[ci]["normal"][z_hook(layer)] for layer in range(self.n_layers)}
+def _path_output_analytic(model, cache: RunCache, i: int) -> torch.Tensor:
+    chunk = cache.chunks[i]
+    sums = []
+    with torch.inference_mode():
+        for layer in range(cache.n_layers):
+            resid = _frozen_resid_at_last(model, cache, i, layer)
+            na, ca = chunk.normal_answer.repeat(cache.n_heads), chunk.contrast_answer.repeat(cache.n_heads)
+            if cache.route.residual_readout:
+                ld = _ld_from_resid(model, resid, na, ca)
             else:
-                check = ci == 0 and "_ld_from_final_resid_holds" not in self.__dict__
-                normal_z, ld_n, holds = self._normal_z_and_ld(chunk, check=check)
-                if check:
-                    self._ld_from_final_resid_holds = holds
-                ld_sums["normal"] += float(ld_n.sum())
-            alphas = {}
+                logits = model.bridge.unembed(model.bridge.ln_final(resid[:, None]))
+                ld = logit_diff(logits, torch.zeros(len(na), dtype=torch.long), na, ca)
+            sums.append(ld.float().cpu().reshape(cache.n_heads, chunk.size).sum(1))
+    return torch.cat(sums)
 
-            def along_delta(layer):
-                def hook(z, hook):
-                    alpha = torch.zeros(self.n_heads, dtype=z.dtype, device=z.device, requires_grad=True)
-                    alphas[layer] = alpha
-                    delta = normal_z[layer] - z.detach()
-                    return z + alpha[:, None] * delta
-                return hook
-            hooks = [(z_hook(layer), along_delta(layer)) for layer in range(self.n_layers)]
-            with torch.enable_grad(), _frozen_parameters(self.bridge):
-                ld = self._run_ld(chunk, hooks)
-                grads = torch.autograd.grad(ld.sum(), [alphas[layer] for layer in range(self.n_layers)])
-            ld_sums["contrast"] += float(ld.detach().sum())
-            for layer, g in enumerate(grads):
-                # pads sit right of every real token and get no gradient
-                total[layer] += g.float().cpu()
-        if not have_caches:  # the same numbers the caches would give, from this method's own runs
-            self.__dict__.setdefault("ld_normal", ld_sums["normal"] / self.data.size)
-            self.__dict__.setdefault("ld_contrast", ld_sums["contrast"] / self.data.size)
-        return total / self.data.size / (self.ld_contrast - self.ld_normal)
 
-    def _ld_from_final_resid(self, resid: torch.Tensor, chunk: PatchingData) -> torch.Tensor:
-        rows = torch.arange(chunk.size)
-        logits = self.bridge.unembed(self.bridge.ln_final(resid[rows, chunk.last][:, None]))[:, 0]
-        return logits[rows, chunk.normal_answer] - logits[rows, chunk.contrast_answer]
+# ---- attribution patching -------------------------------------------------------------------------
 
-    @cached_property
-    def _ld_from_final_resid_holds(self) -> bool:
-        """Whether LD read from the final residual stream (final norm + unembedding of the last
-        position) equals LD from the model's logits: false for models that transform logits after
-        the unembedding (Gemma-2's soft-capping, scaled logits), checked on the first chunk's normal
-        prompt (attribution_patching folds this check into a run it needs anyway)."""
-        return self._normal_z_and_ld(self.chunks[0], check=True)[2]
+def attribution_patching(model, cache: RunCache) -> torch.Tensor:
+    """[layers, heads]: first-order estimate of activation patching for every head, normalised
+    like the exact methods: sum over positions of (z_normal - z_contrast) . dLD/dz at the contrast
+    run.
 
-    def _normal_z_and_ld(self, chunk: PatchingData, check: bool = False) -> tuple[dict, torch.Tensor, bool]:
-        """hook_z of every layer and LD per example of the normal run; with `check`, a full run
-        that also tells whether LD can be read from the final residual stream (third value)."""
-        store = {}
+    Per chunk one contrast run with gradients and one backward pass, whatever the number of heads:
+    the estimate for head h of layer l is the derivative of LD along z_l + a_h (z_normal -
+    z_contrast) at a = 0, so the backward pass computes gradients only for L x H scalars a, not for
+    the weights (frozen for the pass), and LD is read through the route (final residual, two
+    unembedding rows). Its normal z comes from the cache."""
+    total = torch.zeros(cache.n_layers, cache.n_heads)
+    for i, chunk in enumerate(cache.chunks):
+        alphas = {}
 
-        def keep(layer):
+        def along_delta(layer):
+            normal_z = cache.normal[i][z_hook(layer)]
+
             def hook(z, hook):
-                store[layer] = z
-                return z
+                alpha = torch.zeros(cache.n_heads, dtype=z.dtype, device=z.device, requires_grad=True)
+                alphas[layer] = alpha
+                return z + alpha[:, None] * (normal_z - z.detach())
             return hook
-        hooks = [(z_hook(layer), keep(layer)) for layer in range(self.n_layers)]
-        tokens = chunk.normal.to(self.device)
-        with torch.inference_mode():
-            if not check:
-                return store, self._run_ld(chunk, hooks, tokens=tokens), True
-            hf_config = getattr(getattr(self.bridge, "original_model", None), "config", None)
-            if FINAL_RESID not in self.bridge.hook_dict or getattr(hf_config, "final_logit_softcapping", None):
-                logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-                return store, logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer), False
-
-            def grab(resid, hook):
-                store["final"] = resid
-                return resid
-            logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks + [(FINAL_RESID, grab)])
-            full = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
-            try:
-                short = self._ld_from_final_resid(store.pop("final"), chunk)
-            except Exception:  # no ln_final / unembed components of this shape
-                return store, full, False
-        # float noise between the two routes is ~1e-7 in float32; a transform of the logits (or
-        # half precision's rounding, which then takes the slower route) shows as far more
-        scale = max(1.0, float(full.abs().max()))
-        return store, full, bool((short.float() - full.float()).abs().max() <= 1e-5 * scale)
-
-    def _run_ld(self, chunk: PatchingData, hooks: list, tokens: torch.Tensor | None = None) -> torch.Tensor:
-        """LD per example of one run under `hooks`: the contrast prompt unless `tokens` is given."""
-        tokens = (chunk.contrast if tokens is None else tokens).to(self.device)
-        if self._ld_from_final_resid_holds:
-            def stop(resid, hook):
-                raise StopAtLayerException(resid)
-            resid = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks + [(FINAL_RESID, stop)])
-            return self._ld_from_final_resid(resid, chunk)
-        logits = self.bridge.run_with_hooks(tokens, fwd_hooks=hooks)
-        return logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
-
-    # ---- patched runs used by ablation and discovery checks -------------------------------------
-    def patched_logit_diff(self, heads: Sequence[tuple[int, int]]) -> float:
-        """Normalised effect of patching a *set* of heads' hook_z from the normal run at once."""
-        sums = []
-        for chunk, cache in zip(self.chunks, self._caches):
-            hooks = []
-            for layer in sorted({lyr for lyr, _ in heads}):
-                rows = [(0, h) for lyr, h in heads if lyr == layer]
-                hooks.append((z_hook(layer), self._patch_z_rows(rows, cache["normal"][z_hook(layer)], chunk.size, None)))
-            with torch.inference_mode():
-                logits = self.bridge.run_with_hooks(chunk.contrast.to(self.device), fwd_hooks=hooks)
-            sums.append(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum().float().cpu())
-        return float(self.normalise(self._mean_over_chunks(sums)))
+        hooks = [(z_hook(layer), along_delta(layer)) for layer in range(cache.n_layers)]
+        with torch.enable_grad(), _frozen_parameters(model.bridge):
+            ld = read_ld(model, cache.route, chunk.contrast.to(model.device), hooks, chunk.last,
+                         chunk.normal_answer, chunk.contrast_answer)
+            grads = torch.autograd.grad(ld.sum(), [alphas[layer] for layer in range(cache.n_layers)])
+        for layer, g in enumerate(grads):
+            # pads sit right of every real token and get no gradient
+            total[layer] += g.float().cpu()
+    return total / cache.data.size / (cache.mean_ld_contrast - cache.mean_ld_normal)
 
 
 @contextmanager
@@ -551,3 +545,50 @@ def _frozen_parameters(module: torch.nn.Module):
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
+
+
+# ---- convenience: one model and one set of prompt pairs ------------------------------------------
+
+class Patcher:
+    """A model, its prompt pairs and their route, with the methods above as methods. Nothing here
+    changes after construction except the run cache, which is built on first use (attribution-only
+    callers may want the cheaper z-only cache: build_cache(..., names=[z hooks])) and then fixed."""
+
+    def __init__(self, model, data: "PatchingData", batch_size: int = 16, rows_per_pass: int = 256,
+                 route: Route | None = None):
+        self.model = model
+        self.data = data
+        self.batch_size = batch_size
+        self.rows_per_pass = rows_per_pass
+        self.route = route or decide_route(model, data)
+
+    def with_route(self, **changes) -> "Patcher":
+        """The same prompts read another way (tests compare routes)."""
+        return Patcher(self.model, self.data, self.batch_size, self.rows_per_pass, replace(self.route, **changes))
+
+    @cached_property
+    def cache(self) -> RunCache:
+        return build_cache(self.model, self.data, self.route, self.batch_size)
+
+    @property
+    def ld_normal(self) -> float:
+        return self.cache.mean_ld_normal
+
+    @property
+    def ld_contrast(self) -> float:
+        return self.cache.mean_ld_contrast
+
+    def normalise(self, ld):
+        return self.cache.normalise(ld)
+
+    def activation_patching(self, group: str | None = None) -> torch.Tensor:
+        return activation_patching(self.model, self.cache, group, self.rows_per_pass)
+
+    def path_patching(self, receiver: "Receiver | str" = RECEIVER_OUTPUT) -> torch.Tensor:
+        return path_patching(self.model, self.cache, receiver, self.rows_per_pass)
+
+    def attribution_patching(self) -> torch.Tensor:
+        return attribution_patching(self.model, self.cache)
+
+    def patched_effect(self, heads: Sequence[Head], positions: dict | None = None) -> float:
+        return patched_effect(self.model, self.cache, heads, positions)

@@ -50,10 +50,9 @@ def test_path_patching_equals_the_papers_two_pass_loop(model, receiver):
 
 def test_fast_output_path_is_used_and_equals_the_hooked_run(model):
     patcher = Patcher(model, data_for(model), batch_size=4)
-    assert patcher.fast_output_path  # pre-norm sequential blocks: Llama
+    assert patcher.route.analytic_output_path  # pre-norm sequential blocks: Llama
     fast = patcher.path_patching("output")
-    patcher.fast_output_path = False
-    hooked = patcher.path_patching("output")
+    hooked = patcher.with_route(analytic_output_path=False).path_patching("output")
     assert scaled_close(fast, hooked, patcher)
 
 
@@ -126,9 +125,8 @@ def test_attribution_patching_is_the_same_by_every_route(model):
     flags = [p.requires_grad for p in model.bridge.parameters()]
     alone = Patcher(model, data, batch_size=4)
     attr = alone.attribution_patching()
-    assert alone._ld_from_final_resid_holds  # Llama: final norm + unembedding, nothing after
-    full_logits = Patcher(model, data, batch_size=4)
-    full_logits._ld_from_final_resid_holds = False
+    assert alone.route.residual_readout  # Llama: final norm + unembedding, nothing after
+    full_logits = Patcher(model, data, batch_size=4).with_route(residual_readout=False)
     cached = Patcher(model, data, batch_size=4)
     cached.path_patching("output")  # builds the caches first
     for other in (full_logits, cached):
@@ -173,4 +171,4 @@ def test_normalisation_convention(trained_toy):
     assert patcher.normalise(patcher.ld_contrast) == 0
     assert patcher.normalise(patcher.ld_normal) == pytest.approx(-1)
     # nothing patched: no effect
-    assert patcher.patched_logit_diff([]) == pytest.approx(0, abs=1e-6)
+    assert patcher.patched_effect([]) == pytest.approx(0, abs=1e-6)

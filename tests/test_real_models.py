@@ -173,19 +173,18 @@ def test_evaluation_attribution_and_ablation_run(model):
         data = patching_data(model, family, variant, shots)
         alone = Patcher(model, data, batch_size=3)
         attribution = alone.attribution_patching()  # before any cache
-        # Gemma-2 soft-caps its logits: its LD is read from the logits, the others' from the residual
-        assert alone._ld_from_final_resid_holds == ("gemma2" not in model.name)
+        # every architecture's LD is read from the residual, Gemma-2's with its logit soft-capping
+        assert alone.route.residual_readout
         patcher = Patcher(model, data, batch_size=3, rows_per_pass=12)
         # Gemma-2's post-attention / post-MLP norms break the analytic run 1: the self-check sees it
-        assert patcher.fast_output_path == ("gemma2" not in model.name)
+        assert patcher.route.analytic_output_path == ("gemma2" not in model.name)
         for name, scores in {"path": patcher.path_patching("output"), "activation": patcher.activation_patching(),
                              "activation_query": patcher.activation_patching("query"),
                              "attribution": patcher.attribution_patching()}.items():
             assert scores.shape == (model.n_layers, model.n_heads), name
             assert torch.isfinite(scores).all(), name
         # attribution read from the final residual stream equals attribution from the full logits
-        full_logits = Patcher(model, data, batch_size=3)
-        full_logits._ld_from_final_resid_holds = False
+        full_logits = Patcher(model, data, batch_size=3).with_route(residual_readout=False)
         assert on_ld_scale(full_logits.attribution_patching(), attribution, patcher) <= 1e-4
         assert on_ld_scale(scores, attribution, patcher) <= 1e-4
 
@@ -224,12 +223,12 @@ def test_path_and_activation_patching_equal_the_references(model):
     for family, variant, shots in ATTRIBUTION_CELLS:
         data = patching_data(model, family, variant, shots)
         patcher = Patcher(model, data, batch_size=4, rows_per_pass=12)
-        assert patcher.fast_output_path == ("gemma2" not in model.name)
+        assert patcher.route.analytic_output_path == ("gemma2" not in model.name)
         ref = reference_path_patching(model, data, "output", batch=6)
         assert on_ld_scale(patcher.path_patching("output"), ref, patcher) <= 1e-4
         if "gemma2" in model.name:  # and the self-check matters: the analytic path would be wrong
-            patcher.fast_output_path = True
-            assert on_ld_scale(patcher.path_patching("output"), ref, patcher) > 1e-2
+            analytic = patcher.with_route(analytic_output_path=True)
+            assert on_ld_scale(analytic.path_patching("output"), ref, patcher) > 1e-2
         ref = reference_activation_patching(model, data, None, batch=6)
         assert on_ld_scale(patcher.activation_patching(), ref, patcher) <= 1e-4
 
