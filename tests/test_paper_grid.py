@@ -152,6 +152,16 @@ def test_hub_check_modes(monkeypatch):
     assert hub.check_hub_models(names) == ["FI_HUB_CHECK='sometimes': expected one of cache, online, off"]
 
 
+def test_alias_table_is_transformer_lens_public_one():
+    """fi.hub reads TransformerLens' alias data file to keep torch out of DAG planning; it must give
+    what TransformerLens' public table (transformer_lens.supported_models.MODEL_ALIASES) gives."""
+    from transformer_lens.supported_models import MODEL_ALIASES
+
+    public = {alias: official for official, aliases in MODEL_ALIASES.items() for alias in aliases}
+    assert public and hub._alias_table() == public
+    assert hub.official_name("gpt2-small") == "gpt2"
+
+
 def test_cached_hub_model_passes_offline(monkeypatch, tmp_path):
     import huggingface_hub
 
