@@ -16,14 +16,13 @@ if not workflow.overwrite_configfiles:
 
 
 # Hub model names are checked (local HF cache, or the hub) once, by the main snakemake process; the
-# job processes a cluster starts do not repeat it (see fi.grid.hub_check_mode).
+# job processes a cluster starts do not repeat it (see fi.hub.hub_check_mode).
 if not workflow.is_main_process:
     os.environ.setdefault("FI_HUB_CHECK", "off")
 
 
 # `snakemake --report report.html`: this page (with the resolved config) and every report() output
 report: "workflow/report/workflow.rst"
-
 
 
 include: "workflow/rules/common.smk"
@@ -51,6 +50,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

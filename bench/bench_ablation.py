@@ -6,7 +6,7 @@ each of the two answers appended (caching the FI heads' z), then the contrast pr
 answer appended and the FI heads' z patched from the matching normal run. `fi.ablation` scores the
 same four (prompt, answer) pairs in length-sorted batches and takes the normal runs' z on the way.
 
-    python bench/bench_ablation.py [--model results/models/fi-toy] [--heads 0.3]
+    python -m bench.bench_ablation [--model results/models/fi-toy] [--heads 0.3]
 """
 
 from __future__ import annotations
@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fi.ablation import ablated_scores, by_layer  # noqa: E402

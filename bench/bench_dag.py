@@ -9,7 +9,7 @@
    of the last `snakemake` run when they exist, else by scoring the cells here).
 3. Paper grid: the same split, estimated. Assumptions are printed with the numbers.
 
-    python bench/bench_dag.py [--repeats 3] [--skip-default]
+    python -m bench.bench_dag [--repeats 3] [--skip-default]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # Parameter counts (model cards / config.json) of the paper's models.
 PARAMS = {

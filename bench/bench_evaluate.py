@@ -5,27 +5,25 @@ on contrast prompt + normal answer. `fi.evaluation` scores the same two things (
 prompt's two) in length-sorted batches. Both run here on the same model and prompts; the script
 checks that the answers agree and prints both times and the ratio.
 
-    python bench/bench_evaluate.py [--model results/models/fi-toy] [--variant setting1_nmax9_offset1]
+    python -m bench.bench_evaluate [--model results/models/fi-toy] [--variant setting1_nmax9_offset1]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.answers import answer_token_ids, answer_vocabulary  # noqa: E402
-from fi.evaluation import evaluate_task  # noqa: E402
-from fi.models import load_model  # noqa: E402
-from fi.tasks import get_family  # noqa: E402
+from fi.answers import answer_token_ids, answer_vocabulary
+from fi.evaluation import evaluate_task
+from fi.models import load_model
+from fi.tasks import get_family
 
 
 def paper_loop(model, examples, vocab):
@@ -53,8 +51,7 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     path = Path(args.model)
     if not (path / "config.json").exists():
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from conftest import save_random_checkpoint
+        from tests.conftest import save_random_checkpoint
 
         path = save_random_checkpoint(Path(tempfile.mkdtemp()) / "random", n_layers=2, d_model=64, d_mlp=256)
         print(f"(no checkpoint at {args.model}; using a random-initialised one)")

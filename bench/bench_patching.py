@@ -10,14 +10,13 @@ Models: the built-in model (results/models/fi-toy, or a random one of its shape)
 initialised GPT-2-small-size checkpoint (12 layers x 12 heads, d_model 768). Prompts: the discovery
 cell (setting1, nmax 9, offset +1, 4 shots).
 
-    python bench/bench_patching.py [--examples 20] [--big-examples 8]
+    python -m bench.bench_patching [--examples 20] [--big-examples 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fi.models import load_model  # noqa: E402

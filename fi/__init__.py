@@ -3,7 +3,11 @@ Generalization"), as a library that every Snakemake rule calls into.
 
 Modules, one concern each:
   tasks       task families: dataset generators and prompt rendering (no torch)
-  grid        config -> cells (model x task x variant x shots); names and paths (no torch)
+  grid        config -> cells (model x task x variant x shots); names and paths (PATHS) (no torch)
+  config      is a config runnable: schema, defaults, semantic checks (no torch)
+  hub         hub model names checked before any job (no torch)
+  resources   what a model job asks the scheduler for, per model and rule (no torch)
+  codehash    the code each rule's jobs run, and its hash (the rules' params; no torch)
   models      loading any checkpoint through TransformerLens' TransformerBridge
   answers     answer tokens derived from a tokenizer
   evaluation  batched teacher-forced scoring of normal / contrast prompts
@@ -11,8 +15,8 @@ Modules, one concern each:
   tables      aggregation, Wilson intervals, the paper's CSV format
   plots       seaborn figures
   stages      one function per Snakemake rule
-  parity      our bridge's logits against plain transformers (`fi parity`)
-  cli         the `fi` command
+  parity      our bridge's logits against plain transformers (`fi-grid parity`)
+  cli         the `fi-grid` command (also `python -m fi`)
 """
 
 __version__ = "0.1.0"

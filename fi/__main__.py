@@ -1,5 +1,4 @@
-"""`python -m fi ...`: the `fi` command (fi.cli). In bash and zsh a bare `fi` is a shell keyword, so
-type `python -m fi parity ...` (or `command fi parity ...`)."""
+"""`python -m fi ...`: the `fi-grid` command (fi.cli), for environments without the console script."""
 
 import sys
 

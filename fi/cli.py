@@ -1,5 +1,5 @@
-"""The `fi-grid` command, also `python -m fi` (not plain `fi`: that is a shell keyword).
-Subcommands (argparse):
+"""The `fi-grid` command; `python -m fi` runs the same (a bare `fi` would be a shell keyword, hence
+the name). Subcommands (argparse):
 
   fi-grid parity --config config.yaml [--out results/tables/parity.csv] [--model NAME ...] [--dtype D ...]
       our TransformerBridge logits against plain transformers, per model and dtype (see fi.parity)
@@ -17,13 +17,15 @@ from pathlib import Path
 
 import yaml
 
+PROG = "fi-grid"  # the console script (pyproject.toml); `python -m fi` is the same command
+
 
 def _load_config(path: str) -> dict:
     from fi.config import validate_config
 
     file = Path(path)
     if not file.is_file():
-        raise SystemExit(f"fi: config file {path!r} does not exist")
+        raise SystemExit(f"{PROG}: config file {path!r} does not exist")
     config = yaml.safe_load(file.read_text()) or {}
     return validate_config(config)
 
@@ -60,7 +62,7 @@ def _run_parity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fi", description="The function-induction experiment grid.")
+    parser = argparse.ArgumentParser(prog=PROG, description="The function-induction experiment grid.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     _add_parity(sub)
     return parser
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, ModelLoadError) as err:
-        print(f"fi {args.command}: {err}", file=sys.stderr)
+        print(f"{PROG} {args.command}: {err}", file=sys.stderr)
         return 2
 
 

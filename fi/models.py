@@ -45,8 +45,8 @@ class LoadedModel:
     """A booted bridge plus the facts every stage needs."""
 
     name: str
-    bridge: "object"
-    tokenizer: "object"
+    bridge: object
+    tokenizer: object
     device: str
     dtype: torch.dtype
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 import torch

@@ -7,11 +7,11 @@ import logging
 import matplotlib
 
 matplotlib.use("Agg")  # files only; never a display
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
 
-from fi.io import atomic_path  # noqa: E402
+from fi.io import atomic_path
 
 log = logging.getLogger(__name__)
 METRICS = {"cf_acc": "contrast answer (cf_acc)", "orig_acc": "plain answer (orig_acc)"}
@@ -69,7 +69,7 @@ def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: in
             sns.lineplot(data=sub, x="shots", y="accuracy", hue="offset" if hue_order else None,
                          hue_order=hue_order, style="metric", style_order=list(METRICS.values()),
                          markers=True, palette=palette or None, ax=ax, legend=(r == 0 and c == 0))
-            for (off, met), g in sub.groupby(["offset", "metric"]):
+            for (off, _metric), g in sub.groupby(["offset", "metric"]):
                 g = g.sort_values("shots")
                 color = palette.get(off)
                 ax.fill_between(g["shots"], g["lo"], g["hi"], alpha=0.12, color=color, linewidth=0)

@@ -7,8 +7,6 @@ accuracy.parquet: one row per model x task x variant x shots with n, the accurac
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -44,17 +42,6 @@ def summarise_cell(per_example: pd.DataFrame, keys: dict) -> dict:
     row["contrast_logit_diff"] = float(per_example["contrast_logit_diff"].mean())
     row["normal_logit_diff"] = float(per_example["normal_logit_diff"].mean())
     return row
-
-
-def collect(paths: Iterable[str | Path]) -> pd.DataFrame:
-    """Concatenate cell summaries (each parquet holds one row)."""
-    frames = [pd.read_parquet(p) for p in paths]
-    if not frames:
-        raise ValueError("no cell results to aggregate")
-    df = pd.concat(frames, ignore_index=True)
-    sort = [c for c in ["model", "task", "setting", "nmax", "maxlen", "ndigits", "base", "offset", "shots"]
-            if c in df.columns]
-    return df.sort_values(sort, kind="stable").reset_index(drop=True)
 
 
 def to_paper_format(table: pd.DataFrame) -> pd.DataFrame:

@@ -28,7 +28,8 @@ class Example:
     contrast_prompt: str
     normal_answer: str
     contrast_answer: str
-    # Character spans are not kept; position groups are recovered from tokens (see fi.positions).
+    # Character spans are not kept: the patching code finds its position groups (demo answers,
+    # separators, query) in the tokens.
 
 
 @dataclass(frozen=True)
@@ -397,7 +398,7 @@ def base_addition_answers(setting: str, ndigits: int, base: int) -> tuple[str, .
     return _base_addition_answers(setting, int(ndigits), int(base))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _base_addition_answers(setting: str, ndigits: int, base: int) -> tuple[str, ...]:
     problems = base_addition_problems(setting, ndigits, base)
     if problems:

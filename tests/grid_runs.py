@@ -85,10 +85,10 @@ class Plan:
         return {out for out, reason in self.reasons.items() if fragment in reason}
 
 
-def dry_run(workdir: Path, *args: str, snakefile: Path | None = None) -> Plan:
+def dry_run(workdir: Path, *args: str, snakefile: Path | None = None, env: dict | None = None) -> Plan:
     """Parse the job blocks of `snakemake -n` (the rule `all` left out). Cross-checked against the
     "Job stats" table, so a format change fails loudly instead of yielding an empty plan."""
-    proc = snakemake(workdir, "-n", *args, snakefile=snakefile)
+    proc = snakemake(workdir, "-n", *args, snakefile=snakefile, env=env)
     text = proc.stdout + proc.stderr
     plan = Plan(text=text)
     rule = None

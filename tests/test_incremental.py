@@ -1,6 +1,6 @@
 """Incremental reruns: after one finished run, edit the config (or the code, or clone the repo) and
 ask snakemake (`-n`) exactly which jobs it would run. Every rule's params carry only its own slice
-of the config, so an edit reruns exactly what depends on it.
+of the config and the hash of the code it runs, so an edit reruns exactly what depends on it.
 
 Snakemake 9.27's `--list-changes params` lists every output that has metadata, changed or not (its
 ParamsChange iterates over the files it compared), so the params check here reads the per-job
@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fi.grid import Cell, ablation_path, attribution_path, builtin_model_dir, dataset_path, eval_path
-from fi.grid import head_types_path, heads_path
+from fi.grid import Cell, ablation_path, attribution_path, builtin_model_dir, dataset_path, eval_path, head_types_path, heads_path
 from tests.conftest import REPO
 from tests.grid_runs import BASE_CONFIG, base_run, copy_run, dry_run, list_changes
 
@@ -268,3 +267,47 @@ def test_without_its_metadata_a_copied_run_cannot_see_param_changes(clone):
     assert dry_run(clone, snakefile=snakefile).jobs == {}
     edit_config(clone, lambda c: c["tasks"]["cipher"].update(n_examples=5))
     assert dry_run(clone, snakefile=snakefile).jobs == {}
+
+
+# ---- edits inside the fi package ----------------------------------------------------------------
+
+def _edit_stage_function(name: str):
+    def edit(path: Path) -> None:
+        text = path.read_text()
+        assert text.count(f"def {name}(") == 1
+        path.write_text(text.replace(f"def {name}(", f"def {name}(  # edited\n    ", 1))
+    return edit
+
+
+def _append_comment(path: Path) -> None:
+    path.write_text(path.read_text() + "\n# edited\n")
+
+
+# Editing one module reruns the jobs whose code reaches it (their code hash changes) and what reads
+# their outputs (their inputs are new), nothing else: fi.evaluation is run by evaluate, discover_heads
+# (checking the heads) and ablate, not by the datasets, the model, attribution or head types.
+AFTER_EVALUATION = {rule: FULL[rule] for rule in ("evaluate", "discover_heads", "ablate", "aggregate",
+                                                  "aggregate_attribution", "aggregate_ablation", "plot_accuracy",
+                                                  "plot_heads", "plot_ablation")}
+PLOTS = {"plot_accuracy": ACC_PLOTS, "plot_heads": HEADS_PLOT, "plot_ablation": ABL_PLOT}
+
+
+@pytest.mark.parametrize("module,edit,expected,changed", [
+    # (ablate's code changed too, but snakemake names only its first reason: its new heads file)
+    pytest.param("evaluation.py", _append_comment, AFTER_EVALUATION, FULL["evaluate"] | FULL["discover_heads"],
+                 id="evaluation"),
+    pytest.param("plots.py", _append_comment, PLOTS, ACC_PLOTS | HEADS_PLOT | ABL_PLOT, id="plots"),
+    pytest.param("stages.py", _edit_stage_function("plot_heads"), {"plot_heads": HEADS_PLOT}, HEADS_PLOT,
+                 id="one_stage_function"),
+])
+def test_editing_a_module_reruns_exactly_the_jobs_that_run_it(clone, module, edit, expected, changed, monkeypatch):
+    snakefile = clone / "Snakefile"
+    # the clone's own fi package: `python -m snakemake` imports it from the current folder first,
+    # the jobs from PYTHONPATH
+    monkeypatch.chdir(clone)
+    env = {"PYTHONPATH": str(clone)}
+    assert dry_run(clone, snakefile=snakefile, env=env).jobs == {}  # same code, same hashes
+    edit(clone / "fi" / module)
+    plan = dry_run(clone, snakefile=snakefile, env=env)
+    assert plan.jobs == expected
+    assert plan.with_reason(PARAMS_CHANGED) == changed

@@ -13,7 +13,10 @@ import pandas as pd
 import pytest
 import yaml
 
+import fi.config as config_checks
 import fi.grid as grid
+import fi.hub as hub
+import fi.resources as resources
 from fi.config import validate_config
 from fi.grid import ConfigError
 from tests.conftest import REFERENCE, REPO
@@ -132,21 +135,31 @@ def test_hub_check_modes(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("FI_HUB_CHECK", raising=False)
-    assert grid.hub_check_mode() == "online"
-    errors = grid._check_hub_models(names)
+    assert hub.hub_check_mode() == "online"
+    errors = hub.check_hub_models(names)
     assert errors == ["models: 'no/model' is not a model on the Hugging Face hub (and has no `path` to a local folder)"]
     assert "gpt2" in asked  # a TransformerLens alias is looked up by its HF name
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert grid.hub_check_mode() == "cache"
-    errors = grid._check_hub_models(names)
+    assert hub.hub_check_mode() == "cache"
+    errors = hub.check_hub_models(names)
     assert len(errors) == 5 and all("nor in the local HF cache" in e for e in errors)
     assert "'real/model'" in errors[3] and "FI_HUB_CHECK=off" in errors[3]
 
     monkeypatch.setenv("FI_HUB_CHECK", "off")
-    assert grid._check_hub_models(names) == []
+    assert hub.check_hub_models(names) == []
     monkeypatch.setenv("FI_HUB_CHECK", "sometimes")
-    assert grid._check_hub_models(names) == ["FI_HUB_CHECK='sometimes': expected one of cache, online, off"]
+    assert hub.check_hub_models(names) == ["FI_HUB_CHECK='sometimes': expected one of cache, online, off"]
+
+
+def test_alias_table_is_transformer_lens_public_one():
+    """fi.hub reads TransformerLens' alias data file to keep torch out of DAG planning; it must give
+    what TransformerLens' public table (transformer_lens.supported_models.MODEL_ALIASES) gives."""
+    from transformer_lens.supported_models import MODEL_ALIASES
+
+    public = {alias: official for official, aliases in MODEL_ALIASES.items() for alias in aliases}
+    assert public and hub._alias_table() == public
+    assert hub.official_name("gpt2-small") == "gpt2"
 
 
 def test_cached_hub_model_passes_offline(monkeypatch, tmp_path):
@@ -156,8 +169,8 @@ def test_cached_hub_model_passes_offline(monkeypatch, tmp_path):
     monkeypatch.delenv("FI_HUB_CHECK", raising=False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
                         lambda repo, filename, **k: str(tmp_path / "config.json") if repo == "org/cached" else None)
-    assert grid._check_hub_models(["org/cached"]) == []
-    assert len(grid._check_hub_models(["org/cached", "org/other"])) == 1
+    assert hub.check_hub_models(["org/cached"]) == []
+    assert len(hub.check_hub_models(["org/cached", "org/other"])) == 1
 
 
 # ---- the reference overlay ------------------------------------------------------------------------
@@ -165,7 +178,7 @@ def test_cached_hub_model_passes_offline(monkeypatch, tmp_path):
 def test_reference_columns_are_the_papers():
     from fi.tables import PAPER_COLUMNS
 
-    assert grid.REFERENCE_COLUMNS == list(PAPER_COLUMNS)
+    assert config_checks.REFERENCE_COLUMNS == list(PAPER_COLUMNS)
 
 
 def test_configured_reference_must_exist_and_have_the_papers_columns(tmp_path):
@@ -178,7 +191,7 @@ def test_configured_reference_must_exist_and_have_the_papers_columns(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.csv' is not in the paper's format: missing columns model_name, nmax"):
         validate_config({**copy.deepcopy(base), "plots": {"reference": str(bad)}})
     good = tmp_path / "good.csv"
-    good.write_text("," + ",".join(grid.REFERENCE_COLUMNS) + "\n0,m,setting1,9,1,2,0.5,0.5\n")
+    good.write_text("," + ",".join(config_checks.REFERENCE_COLUMNS) + "\n0,m,setting1,9,1,2,0.5,0.5\n")
     validate_config({**copy.deepcopy(base), "plots": {"reference": str(good)}})
 
 
@@ -206,13 +219,13 @@ def test_plot_stage_overlays_the_papers_reference(tmp_path):
 def test_model_resources_scale_per_rule_and_attempt(monkeypatch):
     c = paper_config(monkeypatch)
     gemma = grid.model_entry(c, grid.model_id("google/gemma-2-9b"))
-    assert grid.job_resources(gemma, "evaluate") == {"mem_mb": 64000, "runtime": 90, "gpu": 1}
-    assert grid.job_resources(gemma, "attribute", attempt=2) == {"mem_mb": 128000, "runtime": 720, "gpu": 1}
+    assert resources.job_resources(gemma, "evaluate") == {"mem_mb": 64000, "runtime": 90, "gpu": 1}
+    assert resources.job_resources(gemma, "attribute", attempt=2) == {"mem_mb": 128000, "runtime": 720, "gpu": 1}
     # defaults: what the rules asked for before models had resources
     default = grid.ModelEntry("m", "m", False, None, {"batch_size": 64})
-    assert [grid.job_resources(default, r)["mem_mb"] for r in ("evaluate", "attribute", "ablate")] == [4000, 8000, 4000]
-    assert [grid.job_resources(default, r)["runtime"] for r in ("evaluate", "attribute", "ablate")] == [30, 120, 60]
-    assert grid.job_resources(default, "evaluate")["gpu"] == 0
+    assert [resources.job_resources(default, r)["mem_mb"] for r in ("evaluate", "attribute", "ablate")] == [4000, 8000, 4000]
+    assert [resources.job_resources(default, r)["runtime"] for r in ("evaluate", "attribute", "ablate")] == [30, 120, 60]
+    assert resources.job_resources(default, "evaluate")["gpu"] == 0
 
 
 def profile_retries(path: Path) -> int:
@@ -241,12 +254,16 @@ def test_cuda_oom_is_retried_with_a_halved_batch(tmp_path):
     rules = ""
     for rule, smk in (("evaluate", "evaluate.smk"), ("ablate", "ablation.smk")):
         text = (REPO / "workflow" / "rules" / smk).read_text()
-        (line,) = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("batch_size=lambda wc, attempt:")]
+        (line,) = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("**model_resources(")]
         rules += (f"rule {rule}:\n    output: '{rule}_{{model}}.txt'\n    resources:\n        {line}\n"
                   "    script: 'oom.py'\n\n")
     (tmp_path / "oom.py").write_text(OOM_SCRIPT)
-    (tmp_path / "Snakefile").write_text("class Model:\n    cfg = {'batch_size': 64}\n\n\nMODELS = {'m': Model()}\n\n\n"
-                                        + rules)
+    # the rules' resources exactly as the workflow builds them (common.smk's model_resources)
+    (tmp_path / "Snakefile").write_text(
+        "import fi.resources as fi_resources\nfrom fi.grid import ModelEntry\n\n"
+        "MODELS = {'m': ModelEntry('m', 'm', False, None, {'batch_size': 64, 'device': 'cpu'})}\n\n\n"
+        "def model_resources(rule, batched=False):\n    return fi_resources.model_resources(MODELS, rule, batched)\n\n\n"
+        + rules)
     cmd = [sys.executable, "-m", "snakemake", "-s", str(tmp_path / "Snakefile"), "--directory", str(tmp_path),
            "--workflow-profile", str(REPO / "profiles" / "default"), "--cores", "2", "evaluate_m.txt", "ablate_m.txt"]
     proc = subprocess.run(cmd, capture_output=True, text=True)

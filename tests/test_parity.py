@@ -9,6 +9,7 @@ import yaml
 
 from fi.cli import main
 from fi.parity import COLUMNS, parity
+from tests.conftest import REPO
 from tests.tiny_checkpoints import save_checkpoint
 
 ARCH_STYLE = [("gpt2", "gpt2_bpe"), ("llama", "multi_digit"), ("gemma2", "single_digit")]
@@ -75,3 +76,16 @@ def test_python_dash_m_fi_runs_the_command():
 
     proc = subprocess.run([sys.executable, "-m", "fi", "parity", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "--dtype" in proc.stdout
+
+
+def test_the_command_has_one_name(capsys):
+    """`fi-grid` is the console script (pyproject.toml) and the name argparse reports; a bare `fi`
+    would be a shell keyword."""
+    from fi.cli import PROG, build_parser
+
+    assert PROG == "fi-grid"
+    assert f'\n{PROG} = "fi.cli:main"\n' in (REPO / "pyproject.toml").read_text()
+    assert build_parser().format_usage().startswith(f"usage: {PROG} ")
+    with pytest.raises(SystemExit):
+        main(["no-such-command"])
+    assert f"{PROG}: error" in capsys.readouterr().err

@@ -397,7 +397,10 @@ def test_mmlu_dev_too_small_falls_back_to_split(mmlu_dir):
 
 def test_mmlu_prompts_and_shift():
     family = get_family("mmlu")
-    item = lambda q, ans: {"question": q, "choices": ["w", "x", "y", "z"], "answer": ans}
+
+    def item(q, ans):
+        return {"question": q, "choices": ["w", "x", "y", "z"], "answer": ans}
+
     record = {"demonstration": [item("d1", "A"), item("d2", "D")], "inference": item("q", "C")}
     [ex] = family.examples([record], family.parse_variant("offset1"), 2)
     block = "Question: {}\n(A) w\n(B) x\n(C) y\n(D) z\nAnswer: ({}"

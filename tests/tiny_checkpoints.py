@@ -131,8 +131,7 @@ def build_model(architecture: str, tokenizer, seed: int = 0, n_layers: int = 2, 
                 initializer_range: float = 0.1):
     """A tiny random-initialised causal LM (float32) whose vocabulary is the tokenizer's."""
     import torch
-    from transformers import (Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig,
-                              LlamaForCausalLM)
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,

@@ -4,61 +4,57 @@
 rule ablate:
     input:
         unpack(model_inputs),
-        dataset="results/datasets/{task}/{variant}.jsonl",
-        heads="results/heads/{model}.json",
+        dataset=PATHS["dataset"],
+        heads=PATHS["heads"],
     output:
-        "results/ablation/{model}/{task}/{variant}/shots{shots}.parquet",
-    params:
-        code=script_code("ablate"),
-        model=lambda wc: MODELS[wc.model].load_params,
-        ablation={k: v for k, v in config["ablation"].items() if k not in ("shots", "variants")},
-    threads: 1
-    resources:
-        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "ablate")["mem_mb"],
-        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "ablate", attempt)["runtime"],
-        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "ablate")["gpu"],
-        batch_size=lambda wc, attempt: max(1, MODELS[wc.model].cfg["batch_size"] // 2 ** (attempt - 1)),
-        device=lambda wc: MODELS[wc.model].cfg["device"],
+        PATHS["ablation"],
     log:
         "logs/ablate/{model}/{task}/{variant}/shots{shots}.log",
     conda:
         "../../envs/fi.yaml"
+    threads: 1
+    resources:
+        **model_resources("ablate", batched=True),
+    params:
+        code=code_hash("ablate"),
+        model=model_params,
+        ablation=config_slice("ablation", "shots", "variants"),
     script:
         "../scripts/ablate.py"
 
 
 rule aggregate_ablation:
     input:
-        [grid.ablation_path(c) for c in ABLATION_CELLS],
+        [ablation_path(c) for c in ABLATION_CELLS],
     output:
-        "results/tables/ablation.parquet",
-    params:
-        code=script_code("aggregate_ablation"),
+        PATHS["ablation_table"],
     log:
         "logs/aggregate_ablation.log",
     conda:
         "../../envs/fi.yaml"
+    params:
+        code=code_hash("aggregate_ablation"),
     script:
         "../scripts/aggregate_ablation.py"
 
 
 rule plot_ablation:
     input:
-        "results/tables/ablation.parquet",
+        PATHS["ablation_table"],
     output:
         report(
-            "results/plots/task_generalization.{ext}",
+            PATHS["ablation_plot"],
             caption="../report/ablation.rst",
             category="Task generalization",
         ),
-    params:
-        code=script_code("plot_ablation"),
-        plots={"dpi": config["plots"]["dpi"]},  # the reference curves are for accuracy plots only
-    wildcard_constraints:
-        ext="png|pdf|svg",
     log:
         "logs/plot_ablation.{ext}.log",
+    wildcard_constraints:
+        ext="png|pdf|svg",
     conda:
         "../../envs/fi.yaml"
+    params:
+        code=code_hash("plot_ablation"),
+        plots=PLOT_DPI,
     script:
         "../scripts/plot_ablation.py"

@@ -3,16 +3,16 @@
 
 rule aggregate:
     input:
-        [grid.eval_path(c) for c in CELLS],
+        [eval_path(c) for c in CELLS],
     output:
-        table="results/tables/accuracy.parquet",
-        paper="results/tables/accuracy_paper_format.csv",
-        predictions="results/tables/predictions.parquet",
-    params:
-        code=script_code("aggregate"),
+        table=PATHS["accuracy_table"],
+        paper=PATHS["paper_table"],
+        predictions=PATHS["predictions_table"],
     log:
         "logs/aggregate.log",
     conda:
         "../../envs/fi.yaml"
+    params:
+        code=code_hash("aggregate"),
     script:
         "../scripts/aggregate.py"

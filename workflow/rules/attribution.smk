@@ -4,23 +4,20 @@
 rule attribute:
     input:
         unpack(model_inputs),
-        dataset="results/datasets/{task}/{variant}.jsonl",
+        dataset=PATHS["dataset"],
     output:
-        "results/attribution/{model}/{task}/{variant}/shots{shots}.parquet",
-    params:
-        code=script_code("attribute"),
-        model=lambda wc: MODELS[wc.model].load_params,
-        attribution={k: v for k, v in config["attribution"].items() if k != "cells"},
-    threads: 2
-    resources:
-        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "attribute")["mem_mb"],
-        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "attribute", attempt)["runtime"],
-        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "attribute")["gpu"],
-        device=lambda wc: MODELS[wc.model].cfg["device"],
+        PATHS["attribution"],
     log:
         "logs/attribute/{model}/{task}/{variant}/shots{shots}.log",
     conda:
         "../../envs/fi.yaml"
+    threads: 2
+    resources:
+        **model_resources("attribute"),
+    params:
+        code=code_hash("attribute"),
+        model=model_params,
+        attribution=config_slice("attribution", "cells"),
     script:
         "../scripts/attribute.py"
 
@@ -29,59 +26,56 @@ rule head_types:
     input:
         unpack(model_inputs),
     output:
-        "results/head_types/{model}.parquet",
-    params:
-        code=script_code("head_types"),
-        model=lambda wc: MODELS[wc.model].load_params,
-        head_types=config["head_types"],
-    resources:
-        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "head_types")["mem_mb"],
-        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "head_types", attempt)["runtime"],
-        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "head_types")["gpu"],
-        device=lambda wc: MODELS[wc.model].cfg["device"],
+        PATHS["head_types"],
     log:
         "logs/head_types/{model}.log",
     conda:
         "../../envs/fi.yaml"
+    resources:
+        **model_resources("head_types"),
+    params:
+        code=code_hash("head_types"),
+        model=model_params,
+        head_types=config["head_types"],
     script:
         "../scripts/head_types.py"
 
 
 rule aggregate_attribution:
     input:
-        cells=[grid.attribution_path(c) for c in ATTRIBUTION_CELLS],
-        head_types=[grid.head_types_path(m) for m in MODELS],
-        heads=[grid.heads_path(m) for m in MODELS],
+        cells=[attribution_path(c) for c in ATTRIBUTION_CELLS],
+        head_types=[head_types_path(m) for m in MODELS],
+        heads=[heads_path(m) for m in MODELS],
     output:
-        "results/tables/head_attribution.parquet",
-    params:
-        code=script_code("aggregate_attribution"),
+        PATHS["head_attribution_table"],
     log:
         "logs/aggregate_attribution.log",
     conda:
         "../../envs/fi.yaml"
+    params:
+        code=code_hash("aggregate_attribution"),
     script:
         "../scripts/aggregate_attribution.py"
 
 
 rule plot_heads:
     input:
-        "results/tables/head_attribution.parquet",
+        PATHS["head_attribution_table"],
     output:
         report(
-            "results/plots/heads_{model}.{ext}",
+            PATHS["heads_plot"],
             caption="../report/heads.rst",
             category="Head attribution",
         ),
-    params:
-        code=script_code("plot_heads"),
-        model_name=lambda wc: MODELS[wc.model].name,
-        plots={"dpi": config["plots"]["dpi"]},  # the reference curves are for accuracy plots only
-    wildcard_constraints:
-        ext="png|pdf|svg",
     log:
         "logs/plot_heads/{model}.{ext}.log",
+    wildcard_constraints:
+        ext="png|pdf|svg",
     conda:
         "../../envs/fi.yaml"
+    params:
+        code=code_hash("plot_heads"),
+        model_name=model_name,
+        plots=PLOT_DPI,
     script:
         "../scripts/plot_heads.py"

@@ -1,89 +1,170 @@
-# Input functions and wildcard constraints shared by every stage.
-import hashlib
+# Shared by the stage files: the config's models and cells, the path patterns (fi.grid.PATHS), the
+# input functions, and one helper per concern: model_params (what a model job's outputs depend
+# on), model_resources (what it asks the scheduler for), code_hash (the code it runs).
 import re
 from functools import lru_cache
 from pathlib import Path
 
-import fi.grid as grid
+import fi.resources as fi_resources
+from fi.codehash import code_hash as _code_hash
 from fi.config import validate_config
+from fi.grid import (
+    PATHS,
+    WILDCARDS,
+    ConfigError,
+    ablation_cells,
+    ablation_path,
+    attribution_cells,
+    attribution_path,
+    cells,
+    dataset_path,
+    discovery_cell,
+    eval_path,
+    head_types_path,
+    heads_path,
+    models,
+    task_names,
+)
 from fi.tasks import get_family
 
 # Bad config stops here, before any job, with a message naming the bad key and value; the schema
 # (workflow/schemas/config.schema.yaml) also fills in every default.
 try:
     validate_config(config, workflow.source_path("../schemas/config.schema.yaml"))
-except grid.ConfigError as err:
+except ConfigError as err:
     raise WorkflowError(str(err))
 
 
 wildcard_constraints:
-    **grid.WILDCARDS,
+    **WILDCARDS,
 
 
-MODELS = {m.id: m for m in grid.models(config)}
+MODELS = {m.id: m for m in models(config)}
+TASKS = task_names(config)
 
 
 # Tighter still: only configured models and tasks match, so no other name (nor a path with '..')
 # can be asked for as a target; it matches no rule.
 wildcard_constraints:
     model="|".join(re.escape(m) for m in MODELS),
-    task="|".join(re.escape(t) for t in grid.task_names(config)),
+    task="|".join(re.escape(t) for t in TASKS),
 
 
 # train_model's wildcard: only built-in models are trained ("(?!)" matches nothing).
 BUILTIN_MODELS = "|".join(re.escape(m.id) for m in MODELS.values() if m.builtin) or "(?!)"
-CELLS = grid.cells(config)
-ATTRIBUTION_CELLS = grid.attribution_cells(config)
-ABLATION_CELLS = grid.ablation_cells(config)
+CELLS = cells(config)
+ATTRIBUTION_CELLS = attribution_cells(config)
+ABLATION_CELLS = ablation_cells(config)
+PLOT_FORMAT = config["plots"]["format"]
+# the options of the head and ablation plots (the reference curves are for accuracy plots only)
+PLOT_DPI = {"dpi": config["plots"]["dpi"]}
 
 
 def all_outputs():
-    fmt = config["plots"]["format"]
     out = [
-        "results/tables/accuracy.parquet",
-        "results/tables/accuracy_paper_format.csv",
-        "results/tables/predictions.parquet",
-        "results/tables/head_attribution.parquet",
-    ] + accuracy_plots()
-    out += [f"results/plots/heads_{m}.{fmt}" for m in MODELS]
+        PATHS["accuracy_table"],
+        PATHS["paper_table"],
+        PATHS["predictions_table"],
+        PATHS["head_attribution_table"],
+    ]
+    out += [PATHS["accuracy_plot"].format(task=t, ext=PLOT_FORMAT) for t in TASKS]
+    out += [PATHS["heads_plot"].format(model=m, ext=PLOT_FORMAT) for m in MODELS]
     if ABLATION_CELLS:
-        out += ["results/tables/ablation.parquet", f"results/plots/task_generalization.{fmt}"]
+        out += [PATHS["ablation_table"], PATHS["ablation_plot"].format(ext=PLOT_FORMAT)]
     return out
 
 
-def accuracy_plots():
-    fmt = config["plots"]["format"]
-    return [f"results/plots/accuracy_{task}.{fmt}" for task in grid.task_names(config)]
+# ---- input functions --------------------------------------------------------------------------
+
+
+def model_input(m):
+    """The file a model's jobs depend on: the built-in model's folder (a job output) or a local
+    checkpoint's config.json (tracked); None for a hub name."""
+    if m.builtin:
+        return m.path
+    if m.path:
+        return f"{m.path}/config.json"
+    return None
 
 
 def model_inputs(wildcards):
-    """The built-in model's folder is a job output; a local checkpoint's config.json is tracked."""
-    m = MODELS[wildcards.model]
-    if m.builtin:
-        return {"model": m.path}
-    if m.path:
-        return {"model": f"{m.path}/config.json"}
-    return {}
+    path = model_input(MODELS[wildcards.model])
+    return {"model": path} if path else {}
 
 
 def discovery_inputs(wildcards):
     """Explicit heads need only the model (to check them); discovered ones the discovery cell too."""
     m = MODELS[wildcards.model]
-    cell = grid.discovery_cell(config, m.id)
-    inputs = {**model_inputs(wildcards), "dataset": grid.dataset_path(cell.task, cell.variant)}
+    cell = discovery_cell(config, m.id)
+    inputs = {
+        **model_inputs(wildcards),
+        "dataset": dataset_path(cell.task, cell.variant),
+    }
     if m.name not in config["discovery"]["heads"]:
-        inputs["attribution"] = grid.attribution_path(cell)
+        inputs["attribution"] = attribution_path(cell)
     return inputs
 
 
+def parity_inputs(wildcards):
+    """Every model's input (parity compares them all)."""
+    return [path for path in map(model_input, MODELS.values()) if path]
+
+
+# ---- params: what a job's outputs depend on ---------------------------------------------------
+
+
+def model_params(wildcards):
+    """The model's name, path and dtype; not its device or batch size (those change no number)."""
+    return MODELS[wildcards.model].load_params
+
+
+def config_slice(section, *leave_out):
+    """A config section as a rule's params, without the keys that only pick cells (those reach the
+    rule through its wildcards and inputs, so adding a cell reruns no other)."""
+    return {k: v for k, v in config[section].items() if k not in leave_out}
+
+
+def dataset_params(wildcards):
+    """Only what one dataset file depends on: adding an offset does not touch the other files."""
+    return get_family(wildcards.task).generation_params(config["tasks"][wildcards.task])
+
+
+def train_params(wildcards):
+    return MODELS[wildcards.model].cfg["train"]
+
+
+def explicit_heads(wildcards):
+    """The model's FI heads when given in config (discovery.heads), else None."""
+    return config["discovery"]["heads"].get(MODELS[wildcards.model].name)
+
+
+def model_name(wildcards):
+    return MODELS[wildcards.model].name
+
+
+# every model as parity loads it (device included: parity reports per device)
+PARITY_MODELS = [{**m.load_params, "device": m.cfg["device"]} for m in MODELS.values()]
+
+
 @lru_cache(maxsize=None)
-def script_code(name):
-    """The code version of a rule: the content hash of its workflow/scripts/<name>.py, kept in the
-    rule's params. Snakemake's own code trigger compares the script's mtime with the outputs', which
-    a `git clone` resets; this compares content (see profiles/default/config.yaml)."""
-    script = Path(workflow.basedir) / "workflow" / "scripts" / f"{name}.py"
-    return "sha256:" + hashlib.sha256(script.read_bytes()).hexdigest()[:16]
+def code_hash(rule):
+    """The version of the code a rule's jobs run: the content hash of workflow/scripts/<rule>.py and
+    of every fi function and module it reaches (fi.codehash), kept in the rule's params so that
+    editing that code reruns the rule's jobs. Snakemake's own code trigger compares the script's
+    mtime only, which a `git clone` resets (see profiles/default/config.yaml)."""
+    return _code_hash(Path(workflow.basedir) / "workflow" / "scripts" / f"{rule}.py")
 
 
-def task_cfg(task):
-    return config["tasks"][task]
+# ---- resources: what a job asks the scheduler for (fi.resources) ------------------------------
+
+
+def model_resources(rule, batched=False):
+    """`resources: **model_resources("evaluate", batched=True)`: memory, runtime (growing with each
+    retry) and GPUs from the model's config entry, its device, and (batched) its batch size, halved
+    on each retry (fi.resources.model_resources)."""
+    return fi_resources.model_resources(MODELS, rule, batched)
+
+
+def parity_resources():
+    """The parity job's resources (it compares every model, one after the other)."""
+    return fi_resources.parity_resources(MODELS)

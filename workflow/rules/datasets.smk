@@ -3,14 +3,13 @@
 
 rule dataset:
     output:
-        "results/datasets/{task}/{variant}.jsonl",
-    params:
-        code=script_code("dataset"),
-        # only what one file depends on: adding an offset does not touch the other files
-        generation=lambda wc: get_family(wc.task).generation_params(task_cfg(wc.task)),
+        PATHS["dataset"],
     log:
         "logs/dataset/{task}/{variant}.log",
     conda:
         "../../envs/fi.yaml"
+    params:
+        code=code_hash("dataset"),
+        generation=dataset_params,
     script:
         "../scripts/dataset.py"

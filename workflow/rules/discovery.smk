@@ -5,20 +5,17 @@ rule discover_heads:
     input:
         unpack(discovery_inputs),
     output:
-        "results/heads/{model}.json",
-    params:
-        code=script_code("discover_heads"),
-        model=lambda wc: MODELS[wc.model].load_params,
-        discovery={k: v for k, v in config["discovery"].items() if k != "heads"},
-        explicit=lambda wc: config["discovery"]["heads"].get(MODELS[wc.model].name),
-    resources:
-        mem_mb=lambda wc: grid.job_resources(MODELS[wc.model], "discover_heads")["mem_mb"],
-        runtime=lambda wc, attempt: grid.job_resources(MODELS[wc.model], "discover_heads", attempt)["runtime"],
-        gpu=lambda wc: grid.job_resources(MODELS[wc.model], "discover_heads")["gpu"],
-        device=lambda wc: MODELS[wc.model].cfg["device"],
+        PATHS["heads"],
     log:
         "logs/discover_heads/{model}.log",
     conda:
         "../../envs/fi.yaml"
+    resources:
+        **model_resources("discover_heads"),
+    params:
+        code=code_hash("discover_heads"),
+        model=model_params,
+        discovery=config_slice("discovery", "heads"),
+        explicit=explicit_heads,
     script:
         "../scripts/discover_heads.py"

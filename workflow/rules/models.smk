@@ -3,19 +3,19 @@
 
 rule train_model:
     output:
-        directory("results/models/{model}"),
-    params:
-        code=script_code("train_model"),
-        train=lambda wc: MODELS[wc.model].cfg["train"],
+        directory(PATHS["model"]),
+    log:
+        "logs/train_model/{model}.log",
     wildcard_constraints:
         model=BUILTIN_MODELS,
+    conda:
+        "../../envs/fi.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
-    log:
-        "logs/train_model/{model}.log",
-    conda:
-        "../../envs/fi.yaml"
+    params:
+        code=code_hash("train_model"),
+        train=train_params,
     script:
         "../scripts/train_model.py"

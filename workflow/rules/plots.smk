@@ -3,21 +3,21 @@
 
 rule plot_accuracy:
     input:
-        "results/tables/accuracy.parquet",
+        PATHS["accuracy_table"],
     output:
         report(
-            "results/plots/accuracy_{task}.{ext}",
+            PATHS["accuracy_plot"],
             caption="../report/accuracy.rst",
             category="Accuracy",
         ),
-    params:
-        code=script_code("plot_accuracy"),
-        plots=config["plots"],
     log:
         "logs/plot_accuracy/{task}.{ext}.log",
     wildcard_constraints:
         ext="png|pdf|svg",
     conda:
         "../../envs/fi.yaml"
+    params:
+        code=code_hash("plot_accuracy"),
+        plots=config["plots"],
     script:
         "../scripts/plot_accuracy.py"

@@ -1,0 +1,201 @@
+"""The code a rule's jobs run, and its content hash (each rule's `params.code`, common.smk).
+
+A rule's script (workflow/scripts/<rule>.py) imports one stage function (of fi.stages, or fi.parity).
+What its jobs run, found statically by parsing imports with `ast` (nothing is imported):
+
+* the script itself;
+* each fi function or class it imports, *as a definition*: its own source, the module-level
+  definitions and constants of its module that it names (transitively), and every fi module it
+  imports, at module level or inside the function (`from fi.training import train_model as fit`);
+* every fi module reached from there, *whole*: its source and every fi module it imports anywhere
+  in the file (module level or inside functions), transitively.
+
+So an edit inside `def plot_heads` of fi/stages.py changes only plot_heads' hash, and an edit
+anywhere in fi/evaluation.py changes the hash of every stage whose code reaches fi.evaluation
+(evaluate, discover_heads, ablate) and of no other. A new module is picked up as soon as some
+reached code imports it. The package's own `fi/__init__.py` (run by every `import fi.x`) is left
+out so that its docstring can change freely; it must hold no code (tests/test_code_hash.py checks).
+
+The hash is of the text (comments included), keyed by paths relative to the package's parent, so a
+clone, or the package installed elsewhere, gives the same hash for the same code.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+from functools import cache, lru_cache
+from pathlib import Path
+
+PACKAGE = "fi"
+
+# (module, top-level name): one definition of a module; (module, None): the whole module.
+Unit = tuple[str, "str | None"]
+
+
+@lru_cache(maxsize=1)
+def package_root() -> Path:
+    """The folder holding the `fi` package that jobs import (found without importing it)."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(f"package {PACKAGE!r} not found")
+    return Path(next(iter(spec.submodule_search_locations))).resolve().parent
+
+
+def module_file(module: str) -> Path | None:
+    """fi.a.b -> <root>/fi/a/b.py (or .../b/__init__.py); None when no such file."""
+    base = package_root().joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _in_package(module: str) -> bool:
+    return module == PACKAGE or module.startswith(PACKAGE + ".")
+
+
+def _parsed(path: Path) -> tuple[str, ast.Module, dict[str, list[ast.stmt]]]:
+    """A file's text, syntax tree and top-level bindings (name -> the statements binding it)."""
+    return _analyse(path.read_text(), str(path))
+
+
+@cache
+def _analyse(text: str, filename: str) -> tuple[str, ast.Module, dict[str, list[ast.stmt]]]:
+    tree = ast.parse(text, filename=filename)
+    bindings: dict[str, list[ast.stmt]] = {}
+    for stmt in tree.body:
+        for name in _bound_names(stmt):
+            bindings.setdefault(name, []).append(stmt)
+    return text, tree, bindings
+
+
+def _is_package(module: str) -> bool:
+    f = module_file(module)
+    return f is not None and f.name == "__init__.py"
+
+
+def _absolute(node: ast.ImportFrom, module: str) -> str:
+    """The module an `ImportFrom` in `module` names, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    parts = module.split(".")
+    package = parts if _is_package(module) else parts[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _import_targets(node: ast.Import | ast.ImportFrom, module: str, as_definitions: bool) -> set[Unit]:
+    """The fi units an import statement in `module` loads. `from fi.x import y`: y itself when
+    `as_definitions` (the script level) and y is no module, else all of fi.x."""
+    out: set[Unit] = set()
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            if _in_package(alias.name):
+                out.add((alias.name, None))
+        return out
+    source = _absolute(node, module)
+    if not _in_package(source):
+        return out
+    for alias in node.names:
+        sub = f"{source}.{alias.name}"
+        if module_file(sub) is not None:
+            out.add((sub, None))  # `from fi import tasks`: a module
+        elif as_definitions and alias.name != "*":
+            out.add((source, alias.name))
+        else:
+            out.add((source, None))
+    return out
+
+
+def _bound_names(stmt: ast.stmt) -> set[str]:
+    """Names a top-level statement binds (descending into top-level if / try / with blocks)."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return {stmt.name}
+    if isinstance(stmt, (ast.Import, ast.ImportFrom)):
+        return {(a.asname or a.name).split(".")[0] for a in stmt.names}
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign, ast.For, ast.With)):
+        targets = {
+            ast.Assign: lambda s: s.targets,
+            ast.AnnAssign: lambda s: [s.target],
+            ast.AugAssign: lambda s: [s.target],
+            ast.For: lambda s: [s.target],
+            ast.With: lambda s: [i.optional_vars for i in s.items if i.optional_vars is not None],
+        }[type(stmt)](stmt)
+        return {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    if isinstance(stmt, (ast.If, ast.Try)):
+        blocks = [stmt.body, stmt.orelse]
+        if isinstance(stmt, ast.Try):
+            blocks += [stmt.finalbody] + [h.body for h in stmt.handlers]
+        return {name for block in blocks for s in block for name in _bound_names(s)}
+    return set()
+
+
+def _segment(text: str, stmt: ast.stmt) -> str:
+    """A statement's source lines, decorators included."""
+    first = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
+    return "".join(text.splitlines(keepends=True)[first - 1 : stmt.end_lineno])
+
+
+def _unit_code(unit: Unit) -> tuple[str, set[Unit]]:
+    """The source text a unit stands for, and the units it reaches directly."""
+    module, name = unit
+    path = module_file(module)
+    if path is None:
+        raise ImportError(f"no source file for module {module!r} (imported as {unit})")
+    text, tree, top = _parsed(path)
+    deps: set[Unit] = set()
+    if name is None:
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                deps |= {(m, None) for m, _ in _import_targets(node, module, as_definitions=False)}
+        return text, deps
+    stmts = top.get(name)
+    if not stmts:  # not a plain top-level definition (e.g. made by a loop): the whole module
+        return _unit_code((module, None))
+    for stmt in stmts:
+        for node in ast.walk(stmt):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                deps |= {(m, None) for m, _ in _import_targets(node, module, as_definitions=False)}
+            elif isinstance(node, ast.Name) and node.id != name and node.id in top:
+                for binding in top[node.id]:
+                    if isinstance(binding, (ast.Import, ast.ImportFrom)):
+                        deps |= {(m, None) for m, _ in _import_targets(binding, module, as_definitions=False)}
+                    else:
+                        deps.add((module, node.id))
+    return "".join(_segment(text, s) for s in stmts), deps
+
+
+def script_units(script: str | Path) -> list[Unit]:
+    """Every unit of fi code the script runs (sorted): the closure described in the module doc."""
+    tree = ast.parse(Path(script).read_text(), filename=str(script))
+    todo: set[Unit] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            todo |= _import_targets(node, "__main__", as_definitions=True)
+    seen: set[Unit] = set()
+    while todo:
+        unit = todo.pop()
+        if unit in seen:
+            continue
+        seen.add(unit)
+        parts = unit[0].split(".")
+        parents = {(".".join(parts[:i]), None) for i in range(2, len(parts))}  # subpackages run too
+        todo |= (_unit_code(unit)[1] | parents) - seen
+    return sorted(seen, key=lambda u: (u[0], u[1] or ""))
+
+
+def describe(unit: Unit) -> str:
+    """'fi/stages.py:evaluate' or 'fi/evaluation.py'."""
+    rel = module_file(unit[0]).relative_to(package_root()).as_posix()
+    return rel if unit[1] is None else f"{rel}:{unit[1]}"
+
+
+def code_hash(script: str | Path) -> str:
+    """The content hash of the script and of all fi code it runs (`script_units`)."""
+    h = hashlib.sha256()
+    h.update(b"script\0" + Path(script).read_bytes() + b"\0")
+    for unit in script_units(script):
+        h.update(describe(unit).encode() + b"\0" + _unit_code(unit)[0].encode() + b"\0")
+    return "sha256:" + h.hexdigest()[:16]

@@ -1,0 +1,103 @@
+"""The code each rule's jobs run (fi.codehash): what its hash covers, and what an edit changes.
+tests/test_incremental.py checks the same on a finished run: which jobs `snakemake -n` plans."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fi import codehash
+from tests.conftest import REPO
+
+SCRIPTS = REPO / "workflow" / "scripts"
+RULE_SCRIPTS = sorted(p.stem for p in SCRIPTS.glob("*.py"))
+MODEL_STAGES = {"evaluate", "discover_heads", "ablate"}  # the stages that run fi.evaluation
+
+
+def covered(rule: str) -> list[str]:
+    return [codehash.describe(u) for u in codehash.script_units(SCRIPTS / f"{rule}.py")]
+
+
+def test_every_rule_has_a_script_and_a_hash():
+    rules = " ".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    for rule in RULE_SCRIPTS:
+        assert f'code=code_hash("{rule}")' in rules and f'"../scripts/{rule}.py"' in rules
+        assert codehash.code_hash(SCRIPTS / f"{rule}.py").startswith("sha256:")
+
+
+def test_a_stage_is_covered_as_its_function_and_the_modules_it_imports():
+    units = covered("evaluate")
+    # the stage function, the adapter and what they name in fi/stages.py; not the other stages
+    assert {"fi/stages.py:evaluate", "fi/stages.py:from_snakemake", "fi/stages.py:log"} <= set(units)
+    assert not {u for u in units if u.startswith("fi/stages.py:") and u.split(":")[1] in RULE_SCRIPTS} - {
+        "fi/stages.py:evaluate"}
+    # function-local imports (fi.evaluation, fi.models) and what those modules import, transitively
+    assert {"fi/evaluation.py", "fi/models.py", "fi/models_check.py", "fi/answers.py", "fi/tasks.py", "fi/io.py"} <= set(units)
+    assert "fi/stages.py" not in units and "fi/__init__.py" not in units
+    # `from fi.training import train_model as fit` inside fi.stages.train_model
+    assert "fi/training.py" in covered("train_model")
+
+
+def test_which_rules_reach_the_evaluation_module():
+    reach = {rule for rule in RULE_SCRIPTS if "fi/evaluation.py" in covered(rule)}
+    assert reach == MODEL_STAGES
+    assert not any("fi/evaluation.py" in covered(r) for r in ("dataset", "plot_accuracy", "plot_heads", "plot_ablation"))
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the fi package that fi.codehash reads instead of the installed one."""
+    shutil.copytree(codehash.package_root() / "fi", tmp_path / "fi", ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(codehash, "package_root", lambda: tmp_path)
+    return tmp_path / "fi"
+
+
+def hashes() -> dict[str, str]:
+    return {rule: codehash.code_hash(SCRIPTS / f"{rule}.py") for rule in RULE_SCRIPTS}
+
+
+def changed_by(edit) -> set[str]:
+    before = hashes()
+    edit()
+    after = hashes()
+    return {rule for rule in RULE_SCRIPTS if before[rule] != after[rule]}
+
+
+def append(path: Path, text: str):
+    return lambda: path.write_text(path.read_text() + text)
+
+
+def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_copy):
+    assert changed_by(append(package_copy / "evaluation.py", "\n# edited\n")) == MODEL_STAGES
+    assert changed_by(append(package_copy / "plots.py", "\n# edited\n")) == {"plot_accuracy", "plot_heads", "plot_ablation"}
+    assert changed_by(append(package_copy / "io.py", "\n# edited\n")) == set(RULE_SCRIPTS)  # every stage writes with it
+
+    stages = package_copy / "stages.py"
+
+    def edit_plot_heads():
+        text = stages.read_text()
+        assert text.count("def plot_heads(") == 1
+        stages.write_text(text.replace("def plot_heads(", "def plot_heads(  # edited\n    ", 1))
+    assert changed_by(edit_plot_heads) == {"plot_heads"}
+
+
+def test_a_new_module_is_picked_up_where_it_is_imported(package_copy):
+    (package_copy / "engine.py").write_text("def run():\n    return 1\n")
+    assert not any("fi/engine.py" in covered(r) for r in RULE_SCRIPTS)  # nothing imports it yet
+    ablation = package_copy / "ablation.py"
+    ablation.write_text(ablation.read_text() + "\n\ndef _uses_engine():\n    from fi.engine import run\n\n    return run()\n")
+    assert {r for r in RULE_SCRIPTS if "fi/engine.py" in covered(r)} == {"discover_heads", "ablate"}
+    assert changed_by(append(package_copy / "engine.py", "# edited\n")) == {"discover_heads", "ablate"}
+
+
+def test_the_package_init_holds_no_code():
+    """fi.codehash leaves fi/__init__.py out of every hash (its docstring lists the modules and
+    changes with them); that is sound only while it runs nothing: a docstring and constants."""
+    tree = ast.parse((codehash.package_root() / "fi" / "__init__.py").read_text())
+    for stmt in tree.body:
+        is_doc = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+        is_constant = isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
+        assert is_doc or is_constant, ast.dump(stmt)
