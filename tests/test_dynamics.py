@@ -178,3 +178,65 @@ def test_clamp_config():
     assert c.covers(10) and c.covers(10**6) and not c.covers(9)
     with pytest.raises(ValueError, match="reference"):
         Clamp.from_config({"heads": [[0, 1]], "kind": "pattern_ref"})
+
+
+def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(tmp_path, one_torch_thread):
+    """The measure stage on the final checkpoint gives the path scores and accuracies the grid's own
+    stages (attribute, evaluate, head_types) give on the trained model folder; aggregation, formation
+    steps and the figure run on its output."""
+    import pandas as pd
+
+    from fi.dynamics import aggregate_dynamics, measure_checkpoint, plot_model_dynamics
+    from fi.stages import attribute, evaluate, head_types, make_dataset
+
+    cfg = tiny_train_cfg(mix=MIX, steps=8, checkpoints=[0, 4])
+    model_dir = tmp_path / "fi-toy"
+    train_model(cfg, model_dir, progress=False)
+    cell = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
+    dataset = tmp_path / "data.jsonl"
+    make_dataset("addition", cell["variant"], {"n_examples": 12, "n_demos": 8, "seed": 42}, str(dataset))
+    params = {"max_examples": 12, "batch_size": 5}
+    ht = {"seq_len": 10, "n_seqs": 4, "seed": 0, "threshold": 0.3}
+    keys = {"model": "fi-toy", "run": "baseline", "seed": 0}
+    outs = []
+    for step in (0, 4, 8):
+        outs.append(tmp_path / f"step{step}.parquet")
+        measure_checkpoint(str(model_dir), step, cfg, [cell], [str(dataset)], ht, params, keys, str(outs[-1]))
+    final = pd.read_parquet(outs[-1])
+    model = {"name": "fi-toy", "path": str(model_dir), "dtype": "float32"}
+    grid_attr = attribute(model, "addition", cell["variant"], 4, str(dataset), str(tmp_path / "attr.parquet"),
+                          {"methods": ["path"], "receivers": ["output"], "position_groups": False, **params}, device="cpu")
+    ours = final[final["measure"] == "path_output"].set_index(["layer", "head"])["value"]
+    theirs = grid_attr.set_index(["layer", "head"])["score"]
+    assert len(ours) == 8 and ours.sort_index().equals(theirs.sort_index())
+    scores = evaluate(model, "addition", cell["variant"], 4, str(dataset), str(tmp_path / "eval.parquet"), device="cpu")
+    val = final.set_index("measure")["value"]
+    assert val["cf_acc"] == scores["cf_correct"].mean() and val["orig_acc"] == scores["orig_correct"].mean()
+    types = head_types(model, str(tmp_path / "types.parquet"), ht, device="cpu")
+    ind = final[final["measure"] == "induction_score"].set_index(["layer", "head"])["value"].sort_index()
+    assert ind.equals(types.set_index(["layer", "head"])["induction_score"].sort_index())
+    att = final[final["measure"] == "attn_query_answers"]["value"]
+    assert len(att) == 8 and ((att >= 0) & (att <= 1)).all()
+    assert {f"heldout_loss_{s}" for s in ("addition", "letter_shift", "repeated_tokens")} <= set(final["measure"])
+    aggregate_dynamics([str(p) for p in outs], 0.2, str(tmp_path / "dyn.parquet"), str(tmp_path / "form.parquet"))
+    table = pd.read_parquet(tmp_path / "dyn.parquet")
+    assert sorted(table["step"].unique()) == [0, 4, 8]
+    form = pd.read_parquet(tmp_path / "form.parquet")
+    assert len(form) == 8 and {"formation_step", "first_step"} <= set(form.columns)
+    plot_model_dynamics(str(tmp_path / "dyn.parquet"), str(tmp_path / "form.parquet"), "fi-toy", str(tmp_path / "d.png"))
+    assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def test_formation_steps():
+    import pandas as pd
+
+    from fi.dynamics import formation_steps
+
+    rows = []
+    for step, (a, b) in zip([0, 10, 20, 30], [(0.0, 0.0), (-0.5, 0.0), (-0.1, -0.3), (-0.6, -0.4)]):
+        for head, v in ((0, a), (1, b)):
+            rows.append(dict(model="m", run="baseline", seed=0, task="addition", variant="v", shots=4, layer=0,
+                             head=head, step=step, measure="path_output", value=v))
+    f = formation_steps(pd.DataFrame(rows), 0.2).set_index("head")
+    assert f.loc[0, "first_step"] == 10 and f.loc[0, "formation_step"] == 30
+    assert f.loc[1, "first_step"] == 20 and f.loc[1, "formation_step"] == 20
