@@ -231,19 +231,27 @@ def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets:
     return pd.DataFrame(rows)
 
 
-def formation_steps(table: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
-    """The step at which each head becomes an FI head, per run, seed and cell: the first checkpoint at
-    which its path score to the output is <= -threshold and stays so at every later checkpoint
-    (NaN: never). Also the first checkpoint at all (`first_step`), which a noisy early dip can set."""
+def formation_steps(table: "pd.DataFrame", threshold: float, min_gap: float = 0.5) -> "pd.DataFrame":
+    """The step at which each head becomes an FI head, per run, seed and cell: the first checkpoint
+    from which, at every later checkpoint, its path score to the output is <= -threshold (NaN: never).
+    The normalised score divides by the cell's logit-difference gap (ld_normal - ld_contrast), which is
+    ~0 before the model tells the two prompts apart: checkpoints with a gap below `min_gap` logits
+    count as no head being an FI head (their scores are noise, e.g. -2.6 at step 50). `first_step` is
+    the first valid checkpoint at which the score is <= -threshold at all."""
     import numpy as np
     import pandas as pd
 
-    keys = ["model", "run", "seed", "task", "variant", "shots", "layer", "head"]
-    path = table[table["measure"] == "path_output"]
+    keys = ["model", "run", "seed", "task", "variant", "shots"]
+    ld = table[table["measure"].isin(["ld_normal", "ld_contrast"])].pivot_table(
+        index=keys + ["step"], columns="measure", values="value")
+    gap = (ld["ld_normal"] - ld["ld_contrast"]).rename("gap").reset_index() if len(ld) else \
+        pd.DataFrame(columns=keys + ["step", "gap"])
+    path = table[table["measure"] == "path_output"].merge(gap, on=keys + ["step"], how="left")
     rows = []
-    for key, g in path.groupby(keys, sort=True):
+    for key, g in path.groupby(keys + ["layer", "head"], sort=True):
         g = g.sort_values("step")
-        is_fi = (g["value"] <= -threshold).to_numpy()
+        valid = (g["gap"].fillna(np.inf) >= min_gap).to_numpy()
+        is_fi = valid & (g["value"] <= -threshold).to_numpy()
         steps = g["step"].to_numpy()
         first = steps[is_fi][0] if is_fi.any() else np.nan
         stays = np.nan
@@ -251,8 +259,8 @@ def formation_steps(table: "pd.DataFrame", threshold: float) -> "pd.DataFrame":
             if is_fi[i:].all():
                 stays = steps[i]
                 break
-        rows.append(dict(zip(keys, key), formation_step=stays, first_step=first,
-                         final_score=float(g["value"].iloc[-1]), threshold=threshold))
+        rows.append(dict(zip(keys + ["layer", "head"], key), formation_step=stays, first_step=first,
+                         final_score=float(g["value"].iloc[-1]), threshold=threshold, min_gap=min_gap))
     return pd.DataFrame(rows)
 
 
@@ -460,7 +468,7 @@ def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], 
     logging.getLogger("fi").info("%s step %d: %d measures in %.1fs", run_dir, step, len(df), df["seconds"].iloc[0])
 
 
-def aggregate_dynamics(measures: list[str], threshold: float, table: str, formation: str) -> None:
+def aggregate_dynamics(measures: list[str], threshold: float, table: str, formation: str, min_gap: float = 0.5) -> None:
     import pandas as pd
 
     from fi.io import write_parquet
@@ -469,7 +477,7 @@ def aggregate_dynamics(measures: list[str], threshold: float, table: str, format
     df = df.sort_values(["model", "run", "seed", "step", "measure", "task", "variant", "layer", "head"],
                         kind="stable").reset_index(drop=True)
     write_parquet(df, table)
-    write_parquet(formation_steps(df, threshold), formation)
+    write_parquet(formation_steps(df, threshold, min_gap), formation)
 
 
 def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:

@@ -256,7 +256,7 @@ def _save_checkpoint(model, tokenizer, opt, rng_state, step: int, folder: Path) 
 
 
 def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, progress: bool = True,
-                clamps: list | None = None, resume: str | Path | None = None, prefetch: int = 4) -> pd.DataFrame:
+                clamps: list | None = None, resume: str | Path | None = None, prefetch: int = 0) -> pd.DataFrame:
     """Train the built-in model described by `cfg` and save it to `out_dir` (atomically), with its
     checkpoints (`checkpoint_steps(cfg)`) under out_dir/checkpoints/step<k>/.
 
@@ -264,6 +264,9 @@ def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, prog
     the same parameters with their interventions as hooks; every other step is the plain HF forward.
     `resume` continues from a checkpoint folder of a run with the same `cfg` (its weights, optimizer
     state and data RNG): the result equals the uninterrupted run's.
+
+    `prefetch` > 0 draws batches that many steps ahead in a background thread (the same batches;
+    measured no faster on 1 thread, where it competes for the core: bench/bench_training.py).
 
     Returns the training curve (also saved as `training_curve.parquet` in the folder): per log step
     the loss, answer-token accuracy, learning rate and the loss per data source."""

@@ -240,3 +240,20 @@ def test_formation_steps():
     f = formation_steps(pd.DataFrame(rows), 0.2).set_index("head")
     assert f.loc[0, "first_step"] == 10 and f.loc[0, "formation_step"] == 30
     assert f.loc[1, "first_step"] == 20 and f.loc[1, "formation_step"] == 20
+    # a checkpoint whose logit-difference gap is below min_gap has no FI head
+    for step, gap in zip([0, 10, 20, 30], [0.0, 0.1, 2.0, 3.0]):
+        for m, v in (("ld_normal", gap), ("ld_contrast", 0.0)):
+            rows.append(dict(model="m", run="baseline", seed=0, task="addition", variant="v", shots=4, layer=-1,
+                             head=-1, step=step, measure=m, value=v))
+    f = formation_steps(pd.DataFrame(rows), 0.2, min_gap=0.5).set_index("head")
+    assert f.loc[0, "first_step"] == 30 and f.loc[0, "formation_step"] == 30 and f.loc[1, "first_step"] == 20
+
+
+def test_prefetching_draws_the_same_batches(tmp_path, one_torch_thread):
+    cfg = tiny_train_cfg(mix=MIX, steps=4, checkpoints=[2])
+    train_model(cfg, tmp_path / "a", progress=False, prefetch=0)
+    train_model(cfg, tmp_path / "b", progress=False, prefetch=3)
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    a = torch.load(tmp_path / "a/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
+    b = torch.load(tmp_path / "b/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
+    assert a == b

@@ -100,6 +100,7 @@ rule aggregate_dynamics:
     params:
         code=script_code("dynamics_aggregate"),
         threshold=config["dynamics"]["threshold"],
+        min_gap=config["dynamics"]["min_ld_gap"],
     log:
         "logs/aggregate_dynamics.log",
     conda:
