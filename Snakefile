@@ -35,6 +35,7 @@ include: "workflow/rules/ablation.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/parity.smk"
+include: "workflow/rules/dynamics.smk"
 
 
 # Light jobs that read finished tables: on a cluster (profiles/slurm) they run in the main
@@ -52,4 +53,4 @@ localrules:
 rule all:
     default_target: True
     input:
-        all_outputs(),
+        all_outputs() + dynamics_outputs(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
 import string
 from pathlib import Path
 
@@ -116,25 +117,47 @@ SOURCES = {"addition": addition_sequence, "letter_shift": letter_shift_sequence,
            "repeated_tokens": repeated_tokens_sequence}
 
 
-def make_batch(rng: random.Random, cfg: dict, tokenizer, size: int):
+def char_ids(tokenizer) -> tuple[dict[str, int], int]:
+    """The character tokenizer as a dict (char -> id) and its <unk> id: the same ids as a tokenizer call
+    on any text (one token per character, unknown characters <unk>), at a fraction of its cost (the
+    call costs ~15 us of Python per segment, 80 ms per default batch)."""
+    cached = _CHAR_IDS.get(id(tokenizer))
+    if cached is not None and cached[0] is tokenizer:
+        return cached[1], cached[2]
+    vocab = tokenizer.get_vocab()
+    table = {c: vocab[c] for c in CHARSET if c in vocab}
+    unk = tokenizer.unk_token_id
+    _CHAR_IDS[id(tokenizer)] = (tokenizer, table, unk)
+    return table, unk
+
+
+_CHAR_IDS: dict[int, tuple] = {}
+
+
+def make_batch(rng: random.Random, cfg: dict, tokenizer, size: int, with_sources: bool = False):
+    """`size` training sequences: (tokens, target_mask), right-padded to the longest; with
+    `with_sources` also the source name of each row."""
     names = [n for n, w in cfg["mix"].items() if w > 0]
     weights = [cfg["mix"][n] for n in names]
-    seqs, masks = [], []
+    table, unk = char_ids(tokenizer)
+    get = table.get
+    seqs, masks, sources = [], [], []
     for _ in range(size):
-        segs = SOURCES[rng.choices(names, weights)[0]](rng, cfg)
+        source = rng.choices(names, weights)[0]
+        segs = SOURCES[source](rng, cfg)
         ids, mask = [tokenizer.bos_token_id], [False]
         for text, target in segs:
-            t = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids += t
-            mask += [target] * len(t)
+            ids += [get(c, unk) for c in text]
+            mask += [target] * len(text)
         seqs.append(ids[: cfg["max_len"]])
         masks.append(mask[: cfg["max_len"]])
+        sources.append(source)
     width = max(map(len, seqs))
-    tokens = torch.full((size, width), tokenizer.pad_token_id, dtype=torch.long)
-    target_mask = torch.zeros((size, width), dtype=torch.bool)
-    for i, (s, m) in enumerate(zip(seqs, masks)):
-        tokens[i, : len(s)] = torch.tensor(s)
-        target_mask[i, : len(m)] = torch.tensor(m)
+    pad = tokenizer.pad_token_id
+    tokens = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], dtype=torch.long)
+    target_mask = torch.tensor([m + [False] * (width - len(m)) for m in masks], dtype=torch.bool)
+    if with_sources:
+        return tokens, target_mask, sources
     return tokens, target_mask
 
 
@@ -145,10 +168,108 @@ def lr_at(step: int, cfg: dict) -> float:
     return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Train the built-in model described by `cfg` and save it to `out_dir` (atomically).
+def checkpoint_steps(cfg: dict) -> list[int]:
+    """The steps whose weights `train_model` saves under checkpoints/step<k>/: `checkpoints` plus
+    every multiple of `checkpoint_every` (0: none), within 0..steps, and then the final step too.
+    Step k is the weights after k optimizer updates (step 0: the initialisation)."""
+    steps = cfg["steps"]
+    chosen = {int(k) for k in cfg.get("checkpoints", []) if 0 <= int(k) <= steps}
+    every = cfg.get("checkpoint_every", 0)
+    if every:
+        chosen |= set(range(0, steps + 1, every))
+    if chosen:
+        chosen.add(steps)
+    return sorted(chosen)
 
-    Returns the training curve (also saved as `training_curve.parquet` in the folder)."""
+
+def checkpoint_dir(model_dir: str | Path, step: int) -> Path:
+    return Path(model_dir) / "checkpoints" / f"step{int(step)}"
+
+
+def _batches(rng: random.Random, cfg: dict, tokenizer, first: int, prefetch: int):
+    """(step, tokens, mask, sources, rng state after the batch) for steps first..steps-1, drawn in
+    order from `rng`; with `prefetch` > 0 by a background thread that runs up to that many batches
+    ahead (the same batches: only this thread touches `rng`)."""
+    def draw(step):
+        tokens, mask, sources = make_batch(rng, cfg, tokenizer, cfg["batch_size"], with_sources=True)
+        return step, tokens, mask, sources, rng.getstate()
+
+    if prefetch <= 0:
+        for step in range(first, cfg["steps"]):
+            yield draw(step)
+        return
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for step in range(first, cfg["steps"]):
+                item = draw(step)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+
+    thread = threading.Thread(target=work, name="fi-batches", daemon=True)
+    thread.start()
+    try:
+        for _ in range(first, cfg["steps"]):
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+def _source_losses(logits: torch.Tensor, target: torch.Tensor, m: torch.Tensor, sources: list[str],
+                   names: list[str]) -> dict[str, float]:
+    """Mean answer-token loss per data source (rows of that source only), from detached logits."""
+    with torch.no_grad():
+        ce = torch.nn.functional.cross_entropy(logits.detach()[m], target[m], reduction="none")
+        row = torch.arange(m.shape[0])[:, None].expand_as(m)[m]
+        src = torch.tensor([names.index(s) for s in sources])[row]
+        out = {}
+        for i, name in enumerate(names):
+            sel = src == i
+            out[f"loss_{name}"] = float(ce[sel].mean()) if sel.any() else float("nan")
+        return out
+
+
+def _save_checkpoint(model, tokenizer, opt, rng_state, step: int, folder: Path) -> None:
+    """A model folder (config.json + model.safetensors + tokenizer) plus training_state.pt (optimizer
+    state and data RNG) so that training can resume from it (`train_model(..., resume=folder)`)."""
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"step": step, "optimizer": opt.state_dict(), "rng": rng_state}, Path(tmp) / "training_state.pt")
+
+
+def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, progress: bool = True,
+                clamps: list | None = None, resume: str | Path | None = None, prefetch: int = 0) -> pd.DataFrame:
+    """Train the built-in model described by `cfg` and save it to `out_dir` (atomically), with its
+    checkpoints (`checkpoint_steps(cfg)`) under out_dir/checkpoints/step<k>/.
+
+    `clamps` (fi.dynamics.Clamp values) run the steps they cover through a TransformerBridge around
+    the same parameters with their interventions as hooks; every other step is the plain HF forward.
+    `resume` continues from a checkpoint folder of a run with the same `cfg` (its weights, optimizer
+    state and data RNG): the result equals the uninterrupted run's.
+
+    `prefetch` > 0 draws batches that many steps ahead in a background thread (the same batches;
+    measured no faster on 1 thread, where it competes for the core: bench/bench_training.py).
+
+    Returns the training curve (also saved as `training_curve.parquet` in the folder): per log step
+    the loss, answer-token accuracy, learning rate and the loss per data source."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg["seed"])
@@ -158,26 +279,59 @@ def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, prog
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"],
                             betas=(0.9, 0.98))
+    first = 0
+    if resume is not None:
+        from safetensors.torch import load_file
+
+        state = torch.load(Path(resume) / "training_state.pt", weights_only=False)
+        model.load_state_dict(load_file(Path(resume) / "model.safetensors"))
+        opt.load_state_dict(state["optimizer"])
+        rng.setstate(state["rng"])
+        first = int(state["step"])
+    names = [n for n, w in cfg["mix"].items() if w > 0]
+    saves = set(checkpoint_steps(cfg))
+    clamps = [c for c in (clamps or []) if c.active_steps(cfg["steps"])]
+    clamped = None
     curve = []
-    for step in tqdm(range(cfg["steps"]), desc="train_model", disable=not progress, mininterval=2):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        tokens, mask = make_batch(rng, cfg, tokenizer, cfg["batch_size"])
-        logits = model(tokens).logits[:, :-1]
-        target = tokens[:, 1:]
-        m = mask[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits[m], target[m])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % cfg["log_every"] == 0 or step == cfg["steps"] - 1:
-            acc = (logits[m].argmax(-1) == target[m]).float().mean().item()
-            curve.append({"step": step, "loss": loss.item(), "token_acc": acc, "lr": lr_at(step, cfg)})
-    model.eval()
-    curve_df = pd.DataFrame(curve)
     with atomic_dir(out_dir) as tmp:
+        rng_state = rng.getstate()
+        if first in saves and resume is None:
+            _save_checkpoint(model, tokenizer, opt, rng_state, first, checkpoint_dir(tmp, first))
+        batches = _batches(rng, cfg, tokenizer, first, prefetch)
+        for step, tokens, mask, sources, rng_state in tqdm(batches, total=cfg["steps"] - first, desc="train_model",
+                                                            disable=not progress, mininterval=2):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            active = [c for c in clamps if c.covers(step)]
+            if active:
+                if clamped is None:
+                    from fi.dynamics import ClampedForward
+
+                    clamped = ClampedForward(model, tokenizer)
+                logits = clamped(tokens, active)[:, :-1]
+            else:
+                logits = model(tokens).logits[:, :-1]
+            target = tokens[:, 1:]
+            m = mask[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits[m], target[m])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            if step % cfg["log_every"] == 0 or step == cfg["steps"] - 1:
+                acc = (logits[m].argmax(-1) == target[m]).float().mean().item()
+                curve.append({"step": step, "loss": loss.item(), "token_acc": acc, "lr": lr_at(step, cfg),
+                              **_source_losses(logits, target, m, sources, names), "clamped": bool(active)})
+            if step + 1 in saves:
+                _save_checkpoint(model, tokenizer, opt, rng_state, step + 1, checkpoint_dir(tmp, step + 1))
+        model.eval()
+        curve_df = pd.DataFrame(curve)
         model.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)
+        if resume is not None:  # the checkpoints up to the resumed step are the earlier run's
+            for k in sorted(saves):
+                earlier = Path(resume).parent / f"step{k}"
+                if k <= first and earlier.is_dir():
+                    shutil.copytree(earlier, checkpoint_dir(tmp, k))
         write_parquet(curve_df, Path(tmp) / "training_curve.parquet")
     return curve_df

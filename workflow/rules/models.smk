@@ -10,7 +10,9 @@ rule train_model:
         model=BUILTIN_MODELS,
     conda:
         "../../envs/fi.yaml"
-    threads: 2
+    # one thread: bit-identical weights to two (tests/test_dynamics.py) and faster at this model size
+    # (bench/bench_training.py: OpenMP threads spin-wait on tiny ops)
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=60,

@@ -1,0 +1,488 @@
+"""Training dynamics of the built-in model: clamping heads during training, and progress measures on
+its checkpoints (issue 13; the reference is Singh et al. 2024, "What needs to go right for an
+induction head?", and its "artificial optogenetics").
+
+A `Clamp` says which heads are changed, how, and over which training steps [start, stop). Steps it
+covers run through a TransformerBridge built around the very parameters being trained (a shadow copy
+of the HF module tree whose parameters are the trained model's own), with the clamp's
+`fi.interventions.Intervention`s as hooks, so gradients flow through everything the clamp leaves in
+place; steps no clamp covers stay the plain HF forward (sdpa attention), bit for bit.
+
+Kinds (each on the listed heads only):
+  zero             the head's output (hook_z) is zero
+  mean             the head's output is its mean over the batch's rows at each position (detached)
+  pattern_uniform  its attention pattern is uniform over the positions it may attend to
+  pattern_ref      its attention pattern is a reference model's on the same batch
+  value_ref        its values (hook_v) are a reference model's on the same batch
+  output_ref       its output (hook_z) is a reference model's on the same batch
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from fi.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
+
+KINDS = ("zero", "mean", "pattern_uniform", "pattern_ref", "value_ref", "output_ref")
+REF_KINDS = ("pattern_ref", "value_ref", "output_ref")
+
+
+@dataclass(frozen=True)
+class Clamp:
+    heads: tuple[tuple[int, int], ...]
+    kind: str = "zero"
+    start: int = 0
+    stop: int | None = None  # exclusive; None: to the end of training
+    reference: str | None = None  # a model folder, for the *_ref kinds
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"clamp: unknown kind {self.kind!r}; expected one of {KINDS}")
+        if self.kind in REF_KINDS and not self.reference:
+            raise ValueError(f"clamp {self.kind}: needs a reference model folder")
+
+    @classmethod
+    def from_config(cls, entry: dict, reference: str | None = None) -> "Clamp":
+        """`{heads: [[layer, head], ...], kind: zero, steps: [start, stop]}` (stop null: to the end)."""
+        steps = entry.get("steps") or [0, None]
+        return cls(tuple((int(a), int(b)) for a, b in entry["heads"]), entry.get("kind", "zero"),
+                   int(steps[0]), None if steps[1] is None else int(steps[1]), reference)
+
+    def covers(self, step: int) -> bool:
+        return bool(self.heads) and self.start <= step < (math.inf if self.stop is None else self.stop)
+
+    def active_steps(self, total: int) -> bool:
+        return bool(self.heads) and self.start < min(total, math.inf if self.stop is None else self.stop)
+
+
+def uniform_pattern(n: int) -> torch.Tensor:
+    """[n, n] causal uniform attention: query q attends 1/(q+1) to each key 0..q."""
+    return torch.tril(torch.ones(n, n)) / torch.arange(1, n + 1, dtype=torch.float32)[:, None]
+
+
+class ClampedForward:
+    """The trained model's forward pass with clamps as hooks, through a TransformerBridge that shares
+    the model's parameters (gradients and optimizer updates land on the same tensors)."""
+
+    def __init__(self, model, tokenizer):
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoTokenizer
+
+        shadow = copy.deepcopy(model)
+        params = dict(model.named_parameters())
+        for name, _ in list(shadow.named_parameters()):
+            owner, _, leaf = name.rpartition(".")
+            setattr(shadow.get_submodule(owner), leaf, params[name])
+        with tempfile.TemporaryDirectory() as folder:  # the bridge wants a tokenizer loaded from a folder
+            tokenizer.save_pretrained(folder)
+            tok = AutoTokenizer.from_pretrained(folder)
+            self.bridge = TransformerBridge.boot_transformers(folder, hf_model=shadow, tokenizer=tok,
+                                                              device=str(next(model.parameters()).device))
+        ids = {id(p) for p in model.parameters()}
+        if {id(p) for p in self.bridge.parameters()} != ids:
+            raise RuntimeError("clamped forward: the bridge does not share the trained model's parameters")
+        self.bridge.train(model.training)
+        self._references: dict[str, object] = {}
+
+    def reference(self, path: str):
+        if path not in self._references:
+            from fi.models import load_model
+
+            self._references[path] = load_model(Path(path).name, path=path, device="cpu")
+        return self._references[path]
+
+    def hooks(self, tokens: torch.Tensor, clamps: Sequence[Clamp]) -> list:
+        """fwd_hooks for one batch: the clamps' interventions (a mean is taken in the hook itself)."""
+        fixed: list[Intervention] = []
+        dynamic: list[tuple[str, callable]] = []
+        n = tokens.shape[1]
+        for clamp in clamps:
+            layers = by_layer(clamp.heads)
+            ref_cache = None
+            if clamp.kind in REF_KINDS:
+                names = {_ref_hook(clamp.kind, layer) for layer in layers}
+                ref = self.reference(clamp.reference)
+                with torch.no_grad():
+                    _, ref_cache = ref.bridge.run_with_cache(tokens.to(ref.device), names_filter=lambda h: h in names)
+            for layer, heads in layers.items():
+                if clamp.kind == "zero":
+                    fixed.append(Intervention.zero(z_hook(layer), heads))
+                elif clamp.kind == "pattern_uniform":
+                    fixed.append(Intervention.constant(pattern_hook(layer), uniform_pattern(n), heads))
+                elif clamp.kind == "mean":
+                    dynamic.append((z_hook(layer), _mean_hook(z_hook(layer), heads)))
+                else:
+                    hook = _ref_hook(clamp.kind, layer)
+                    fixed.append(Intervention.patch(hook, ref_cache[hook].detach(), heads))
+        return hooks_for(fixed) + dynamic
+
+    def __call__(self, tokens: torch.Tensor, clamps: Sequence[Clamp], extra_hooks: Sequence = ()) -> torch.Tensor:
+        with self.bridge.hooks(fwd_hooks=self.hooks(tokens, clamps) + list(extra_hooks)):
+            return self.bridge(tokens)
+
+
+def _mean_hook(name: str, heads: list[int]):
+    def hook(x, hook):
+        value = x.detach()[:, :, heads].mean(0, keepdim=True)
+        return Intervention.constant(name, value, heads).apply(x)
+    return hook
+
+
+def _ref_hook(kind: str, layer: int) -> str:
+    return {"pattern_ref": pattern_hook(layer), "value_ref": qkv_hook(layer, "v"), "output_ref": z_hook(layer)}[kind]
+
+
+# ---- progress measures on checkpoints ----------------------------------------------------------------
+
+SOURCE_NAMES = ("addition", "letter_shift", "repeated_tokens")
+
+
+def heldout_losses(model, train: dict, n_seqs: int = 64, seed: int = 12345) -> dict[str, float]:
+    """Mean answer-token loss per data source on a fixed held-out batch of that source alone (drawn
+    with the run's own data settings from `seed`, the same batch for every checkpoint)."""
+    from fi.training import make_batch
+
+    out = {}
+    for source in SOURCE_NAMES:
+        cfg = dict(train, mix={s: float(s == source) for s in SOURCE_NAMES})
+        tokens, mask = make_batch(random.Random(seed), cfg, model.tokenizer, n_seqs)
+        with torch.no_grad():
+            logits = model.bridge(tokens.to(model.device))[:, :-1].float()
+        m = mask[:, 1:].to(logits.device)
+        out[source] = float(torch.nn.functional.cross_entropy(logits[m], tokens[:, 1:].to(logits.device)[m]))
+    return out
+
+
+def query_attention_to_answers(model, data) -> torch.Tensor:
+    """[layers, heads]: attention mass from the query's last prompt token (addition: the query's '=')
+    to the demos' answer tokens, mean over the contrast prompts of `data` (fi.patching.PatchingData)."""
+    names = {pattern_hook(layer) for layer in range(model.n_layers)}
+    out = torch.zeros(model.n_layers, model.n_heads)
+    for start in range(0, data.size, 32):
+        chunk = data.subset(slice(start, start + 32))
+        with torch.no_grad():
+            _, cache = model.bridge.run_with_cache(chunk.contrast.to(model.device), names_filter=lambda h: h in names)
+        rows = torch.arange(chunk.size)
+        answers = chunk.groups["demo_answers"].to(model.device).float()  # [B, T]
+        for layer in range(model.n_layers):
+            pattern = cache[pattern_hook(layer)].float()  # [B, H, T, T]
+            at_query = pattern[rows, :, chunk.last]  # [B, H, T]
+            out[layer] += (at_query * answers[:, None]).sum(-1).sum(0).cpu()
+    return out / data.size
+
+
+def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets: list[str], head_types: dict,
+                      max_examples: int = 100, batch_size: int = 16, eval_batch_size: int = 64) -> "pd.DataFrame":
+    """Every progress measure of one checkpoint folder, as long rows (measure, task, variant, shots,
+    layer, head, value; layer = head = -1 for a model-level measure):
+      heldout_loss_<source>   loss per data source on a fixed held-out batch (heldout_losses)
+      cf_acc, orig_acc        on each cell (fi.evaluation.evaluate_task)
+      ld_normal, ld_contrast  the cell's mean logit differences (as attribution reports them)
+      path_output             path patching to the output, normalised (the FI-head score, per head)
+      attn_query_answers      attention from the query's '=' to the demos' answers (per head)
+      previous_token_score, duplicate_token_score, induction_score (fi.heads.head_type_scores)"""
+    import pandas as pd
+
+    from fi.evaluation import evaluate_task
+    from fi.heads import head_type_scores
+    from fi.io import read_jsonl
+    from fi.models import load_model
+    from fi.patching import Patcher, build_patching_data
+    from fi.tasks import get_family
+
+    model = load_model(Path(checkpoint).name, path=str(checkpoint), device="cpu")
+    rows = []
+
+    def add(measure, value, cell=None, layer=-1, head=-1):
+        c = cell or {"task": "", "variant": "", "shots": -1}
+        rows.append({"measure": measure, "task": c["task"], "variant": c["variant"], "shots": int(c["shots"]),
+                     "layer": int(layer), "head": int(head), "value": float(value)})
+
+    for source, loss in heldout_losses(model, train).items():
+        add(f"heldout_loss_{source}", loss)
+    for cell, dataset in zip(cells, datasets):
+        family = get_family(cell["task"])
+        variant = family.parse_variant(cell["variant"])
+        records = read_jsonl(dataset)
+        scores = evaluate_task(model, family, variant, records, int(cell["shots"]), batch_size=eval_batch_size)
+        add("cf_acc", scores["cf_correct"].mean(), cell)
+        add("orig_acc", scores["orig_correct"].mean(), cell)
+        data = build_patching_data(model, family, variant, records, int(cell["shots"]), max_examples)
+        patcher = Patcher(model, data, batch_size=batch_size)
+        add("ld_normal", patcher.ld_normal, cell)
+        add("ld_contrast", patcher.ld_contrast, cell)
+        for name, grid in (("path_output", patcher.path_patching()), ("attn_query_answers",
+                                                                       query_attention_to_answers(model, data))):
+            for layer in range(grid.shape[0]):
+                for head in range(grid.shape[1]):
+                    add(name, grid[layer, head], cell, layer, head)
+    types = head_type_scores(model, **head_types)
+    for r in types.itertuples():
+        for k in ("previous_token_score", "duplicate_token_score", "induction_score"):
+            add(k, getattr(r, k), None, r.layer, r.head)
+    return pd.DataFrame(rows)
+
+
+def formation_steps(table: "pd.DataFrame", threshold: float, min_gap: float = 0.5) -> "pd.DataFrame":
+    """The step at which each head becomes an FI head, per run, seed and cell: the first checkpoint
+    from which, at every later checkpoint, its path score to the output is <= -threshold (NaN: never).
+    The normalised score divides by the cell's logit-difference gap (ld_normal - ld_contrast), which is
+    ~0 before the model tells the two prompts apart: checkpoints with a gap below `min_gap` logits
+    count as no head being an FI head (their scores are noise, e.g. -2.6 at step 50). `first_step` is
+    the first valid checkpoint at which the score is <= -threshold at all."""
+    import numpy as np
+    import pandas as pd
+
+    keys = ["model", "run", "seed", "task", "variant", "shots"]
+    ld = table[table["measure"].isin(["ld_normal", "ld_contrast"])].pivot_table(
+        index=keys + ["step"], columns="measure", values="value")
+    gap = (ld["ld_normal"] - ld["ld_contrast"]).rename("gap").reset_index() if len(ld) else \
+        pd.DataFrame(columns=keys + ["step", "gap"])
+    path = table[table["measure"] == "path_output"].merge(gap, on=keys + ["step"], how="left")
+    rows = []
+    for key, g in path.groupby(keys + ["layer", "head"], sort=True):
+        g = g.sort_values("step")
+        valid = (g["gap"].fillna(np.inf) >= min_gap).to_numpy()
+        is_fi = valid & (g["value"] <= -threshold).to_numpy()
+        steps = g["step"].to_numpy()
+        first = steps[is_fi][0] if is_fi.any() else np.nan
+        stays = np.nan
+        for i in range(len(steps)):
+            if is_fi[i:].all():
+                stays = steps[i]
+                break
+        rows.append(dict(zip(keys + ["layer", "head"], key), formation_step=stays, first_step=first,
+                         final_score=float(g["value"].iloc[-1]), threshold=threshold, min_gap=min_gap))
+    return pd.DataFrame(rows)
+
+
+def plot_dynamics(table: "pd.DataFrame", formation: "pd.DataFrame", output: str, dpi: int = 120) -> None:
+    """One model's dynamics: accuracy and held-out loss per source against step (every run, the band
+    over seeds), then per head (baseline run): path score to the output with -threshold dashed and
+    each head's formation step marked, attention from the query to the demos' answers, and
+    previous-token / induction scores."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from fi.io import atomic_path
+
+    if table.empty:
+        raise ValueError("no dynamics rows to plot")
+    cells = table[table["measure"] == "cf_acc"][["task", "variant", "shots"]].drop_duplicates()
+    cell = cells.iloc[0] if len(cells) else None
+    in_cell = table if cell is None else table[(table["task"] == cell["task"]) & (table["variant"] == cell["variant"])
+                                                & (table["shots"] == cell["shots"])]
+    base = table[table["run"] == "baseline"] if (table["run"] == "baseline").any() else table
+    base_cell = in_cell[in_cell["run"].isin(base["run"].unique())]
+    head_label = lambda d: d.assign(head_id=[f"L{a}H{b}" for a, b in zip(d["layer"], d["head"])])  # noqa: E731
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    acc = in_cell[in_cell["measure"].isin(["cf_acc", "orig_acc"])]
+    sns.lineplot(acc, x="step", y="value", hue="run", style="measure", marker="o", errorbar=("pi", 100), ax=axes[0, 0])
+    axes[0, 0].set(title="discovery cell accuracy" + ("" if cell is None else f"\n{cell['task']} {cell['variant']}, {cell['shots']} shots"),
+                   ylabel="accuracy", ylim=(-0.03, 1.03))
+    loss = table[table["measure"].str.startswith("heldout_loss_")].assign(
+        source=lambda d: d["measure"].str.removeprefix("heldout_loss_"))
+    sns.lineplot(loss, x="step", y="value", hue="source", style="run", marker="o", errorbar=("pi", 100), ax=axes[0, 1])
+    axes[0, 1].set(title="held-out loss per data source", ylabel="answer-token loss", yscale="log")
+    path = head_label(base_cell[base_cell["measure"] == "path_output"])
+    sns.lineplot(path, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=axes[0, 2])
+    palette = dict(zip(path["head_id"].unique(), sns.color_palette(n_colors=path["head_id"].nunique())))
+    if len(formation):
+        thr = float(formation["threshold"].iloc[0])
+        axes[0, 2].axhline(-thr, ls="--", color="grey", lw=1)
+        f = formation[formation["run"].isin(base["run"].unique())]
+        if cell is not None:
+            f = f[(f["task"] == cell["task"]) & (f["variant"] == cell["variant"]) & (f["shots"] == cell["shots"])]
+        for r in head_label(f).dropna(subset=["formation_step"]).groupby("head_id")["formation_step"].median().items():
+            axes[0, 2].axvline(r[1], color=palette.get(r[0], "k"), ls=":", lw=1.5)
+            axes[0, 2].annotate(f"{r[0]} FI @ {r[1]:g}", (r[1], -thr), rotation=90, fontsize=7, va="top")
+    axes[0, 2].set(title="path patching to the output (FI-head score)\n(dotted: formation step)", ylabel="normalised score")
+    att = head_label(base_cell[base_cell["measure"] == "attn_query_answers"])
+    sns.lineplot(att, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=axes[1, 0], palette=palette)
+    axes[1, 0].set(title="attention from the query '=' to the demos' answers", ylabel="attention mass")
+    for ax, measure, title in ((axes[1, 1], "previous_token_score", "previous-token score"),
+                               (axes[1, 2], "induction_score", "induction score")):
+        d = head_label(base[base["measure"] == measure])
+        sns.lineplot(d, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=ax, palette=palette)
+        ax.set(title=title, ylabel="score", ylim=(-0.03, 1.03))
+    for ax in axes.flat:
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{table['model'].iloc[0]}: training dynamics (bands: range over seeds)")
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)
+
+
+# ---- the runs of the dynamics config, and the stages ----------------------------------------------------
+
+RESULTS = "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a built-in model: the model's own training (`baseline` with the model's
+    seed, which is the grid's model folder) or a configured variation, at one seed."""
+
+    model: str  # model id
+    name: str
+    seed: int
+    train: dict
+    clamps: tuple = ()
+    is_grid_model: bool = False
+
+    @property
+    def folder(self) -> str:
+        if self.is_grid_model:
+            return f"{RESULTS}/models/{self.model}"
+        return run_folder(self.model, self.name, self.seed)
+
+    @property
+    def steps(self) -> list[int]:
+        from fi.training import checkpoint_steps
+
+        return checkpoint_steps(self.train)
+
+    def measures_path(self, step: int) -> str:
+        return measures_path(self.model, self.name, self.seed, step)
+
+    def baseline(self, runs: list["Run"]) -> "Run":
+        return next(r for r in runs if r.model == self.model and r.name == "baseline" and r.seed == self.seed)
+
+
+def run_folder(model: str, run: str, seed: int) -> str:
+    return f"{RESULTS}/dynamics/{model}/runs/{run}/seed{seed}"
+
+
+def measures_path(model: str, run: str, seed: int, step: int) -> str:
+    return f"{RESULTS}/dynamics/{model}/measures/{run}/seed{seed}/step{step}.parquet"
+
+
+
+
+def runs(config: dict) -> list[Run]:
+    """Every run the `dynamics` config asks for, per built-in model: `baseline` and each of
+    `dynamics.runs`, at the model's own seed and each of `dynamics.seeds`."""
+    from fi.grid import ConfigError, models
+
+    dyn = config["dynamics"]
+    out = []
+    for m in models(config):
+        if not m.builtin:
+            continue
+        train = m.cfg["train"]
+        seeds = [int(train["seed"])] + [int(s) for s in dyn["seeds"] if int(s) != int(train["seed"])]
+        specs = [{"name": "baseline", "train": {}, "clamps": []}] + [
+            r for r in dyn["runs"] if r.get("model") in (None, m.name)]
+        for spec in specs:
+            unknown = set(spec.get("train", {})) - set(train) - {"checkpoints", "checkpoint_every"}
+            if unknown:
+                raise ConfigError(f"dynamics.runs.{spec['name']}.train: unknown train keys {sorted(unknown)}")
+            if "seed" in spec.get("train", {}):
+                raise ConfigError(f"dynamics.runs.{spec['name']}.train: set seeds with dynamics.seeds")
+            for seed in seeds:
+                cfg = {**train, **spec.get("train", {}), "seed": seed}
+                grid_model = spec["name"] == "baseline" and seed == int(train["seed"])
+                out.append(Run(m.id, spec["name"], seed, cfg, tuple(_freeze(c) for c in spec.get("clamps", [])),
+                               grid_model))
+    names = [r["name"] for r in dyn["runs"]]
+    if len(set(names)) != len(names) or "baseline" in names:
+        raise ConfigError(f"dynamics.runs: names must be unique and not 'baseline': {names}")
+    return out
+
+
+def _freeze(entry: dict) -> tuple:
+    return tuple(sorted((k, _freeze_value(v)) for k, v in entry.items()))
+
+
+def _freeze_value(v):
+    return tuple(_freeze_value(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def clamp_entries(run: Run) -> list[dict]:
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c} for c in run.clamps]
+
+
+def needs_fi_heads(run: Run) -> bool:
+    return any(e.get("heads") == "fi" for e in clamp_entries(run))
+
+
+def reference_steps(run: Run) -> list:
+    return [e.get("reference") for e in clamp_entries(run) if e.get("kind", "zero") in REF_KINDS]
+
+
+def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None = None,
+              fi_heads: str | None = None, threads: int | None = None) -> None:
+    """Train one dynamics run. `clamps` are config entries; heads 'fi' are the baseline's FI heads
+    (`fi_heads`, a results/heads/<model>.json); a *_ref clamp's reference is the baseline's
+    checkpoint at its `reference` step (null: the baseline's final model)."""
+    import json
+    import logging
+
+    from fi.training import checkpoint_dir, train_model
+
+    values = []
+    for entry in clamps:
+        entry = dict(entry)
+        if entry.get("heads") == "fi":
+            entry["heads"] = json.loads(Path(fi_heads).read_text())["heads"]
+        reference = None
+        if entry.get("kind", "zero") in REF_KINDS:
+            step = entry.get("reference")
+            reference = str(baseline if step is None else checkpoint_dir(baseline, step))
+        values.append(Clamp.from_config(entry, reference))
+    curve = train_model(train, output, threads=threads, progress=False, clamps=values)
+    logging.getLogger("fi").info("trained %s: %d steps, %d clamps, final loss %.4f", output, train["steps"],
+                                 len(values), curve["loss"].iloc[-1])
+
+
+def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], datasets: list[str],
+                       head_types: dict, params: dict, keys: dict, output: str, threads: int | None = None) -> None:
+    import logging
+    import time
+
+    from fi.io import write_parquet
+    from fi.training import checkpoint_dir
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    df = progress_measures(str(checkpoint_dir(run_dir, step)), train, cells, datasets, head_types,
+                           params["max_examples"], params["batch_size"])
+    for i, (k, v) in enumerate({**keys, "step": int(step)}.items()):
+        df.insert(i, k, v)
+    df["seconds"] = time.perf_counter() - t0
+    write_parquet(df, output)
+    logging.getLogger("fi").info("%s step %d: %d measures in %.1fs", run_dir, step, len(df), df["seconds"].iloc[0])
+
+
+def aggregate_dynamics(measures: list[str], threshold: float, table: str, formation: str, min_gap: float = 0.5) -> None:
+    import pandas as pd
+
+    from fi.io import write_parquet
+
+    df = pd.concat([pd.read_parquet(p) for p in measures], ignore_index=True)
+    df = df.sort_values(["model", "run", "seed", "step", "measure", "task", "variant", "layer", "head"],
+                        kind="stable").reset_index(drop=True)
+    write_parquet(df, table)
+    write_parquet(formation_steps(df, threshold, min_gap), formation)
+
+
+def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:
+    import pandas as pd
+
+    df = pd.read_parquet(table)
+    f = pd.read_parquet(formation)
+    plot_dynamics(df[df["model"] == model], f[f["model"] == model] if len(f) else f, output, dpi)

@@ -1,0 +1,259 @@
+"""Checkpoints, clamping during training and progress measures of the built-in model (issue 13)."""
+
+import random
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fi.dynamics import Clamp, ClampedForward, uniform_pattern
+from fi.interventions import pattern_hook, qkv_hook, z_hook
+from fi.training import build_model, build_tokenizer, char_ids, checkpoint_steps, make_batch, train_model
+from tests.conftest import tiny_train_cfg
+
+MIX = {"addition": 0.5, "letter_shift": 0.5, "repeated_tokens": 0.0}
+
+
+def _weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_char_table_gives_the_tokenizer_ids():
+    tok = build_tokenizer()
+    table, unk = char_ids(tok)
+    rng = random.Random(0)
+    alphabet = list(table) + ["é", "\t", "~", "{", "€"]
+    for _ in range(200):
+        text = "".join(rng.choices(alphabet, k=rng.randint(1, 30)))
+        assert [table.get(c, unk) for c in text] == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_batches_carry_their_sources():
+    tok = build_tokenizer()
+    cfg = tiny_train_cfg(mix={"addition": 0.4, "letter_shift": 0.3, "repeated_tokens": 0.3})
+    tokens, mask, sources = make_batch(random.Random(0), cfg, tok, 16, with_sources=True)
+    assert len(sources) == 16 and set(sources) <= set(cfg["mix"])
+    for row, src in zip(tokens, sources):
+        text = "".join(tok.convert_ids_to_tokens(row.tolist()))
+        assert ("+" in text) == (src == "addition") and ("->" in text) == (src == "letter_shift")
+
+
+def test_checkpoint_steps():
+    assert checkpoint_steps(tiny_train_cfg(steps=10)) == []
+    assert checkpoint_steps(tiny_train_cfg(steps=10, checkpoints=[0, 3, 30])) == [0, 3, 10]
+    assert checkpoint_steps(tiny_train_cfg(steps=10, checkpoint_every=4)) == [0, 4, 8, 10]
+
+
+def test_checkpoint_k_is_the_weights_at_step_k(tmp_path, one_torch_thread):
+    """Resuming from checkpoint k (weights, optimizer, data RNG) ends at the uninterrupted run's
+    weights, so checkpoint k held the run's weights at step k; every checkpoint loads as a model."""
+    from fi.models import load_model
+
+    cfg = tiny_train_cfg(mix=MIX, steps=6, checkpoints=[0, 3])
+    curve = train_model(cfg, tmp_path / "full", progress=False)
+    ckpts = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in ckpts.iterdir()) == ["step0", "step3", "step6"]
+    assert _same(_weights(ckpts / "step6"), _weights(tmp_path / "full"))
+    train_model(cfg, tmp_path / "resumed", progress=False, resume=ckpts / "step3")
+    assert _same(_weights(tmp_path / "resumed"), _weights(tmp_path / "full"))
+    assert not _same(_weights(ckpts / "step3"), _weights(tmp_path / "full"))
+    assert {"loss_addition", "loss_letter_shift"} <= set(curve.columns) and curve["loss_addition"].notna().all()
+    loaded = load_model("step3", path=str(ckpts / "step3"), device="cpu")
+    assert loaded.n_layers == 2 and loaded.n_heads == 4
+
+
+def test_empty_clamps_train_exactly_as_unclamped(tmp_path, one_torch_thread):
+    cfg = tiny_train_cfg(mix=MIX, steps=4)
+    train_model(cfg, tmp_path / "plain", progress=False, prefetch=0)
+    plain = _weights(tmp_path / "plain")
+    for name, clamp in (("no_heads", Clamp((), "zero", 0, None)), ("no_steps", Clamp(((0, 1),), "zero", 2, 2)),
+                        ("after_end", Clamp(((0, 1),), "zero", 4, None))):
+        train_model(cfg, tmp_path / name, progress=False, clamps=[clamp])
+        assert _same(_weights(tmp_path / name), plain), name
+    # and a clamp that covers steps does change the weights
+    train_model(cfg, tmp_path / "clamped", progress=False, clamps=[Clamp(((0, 1),), "zero", 1, 3)])
+    assert not _same(_weights(tmp_path / "clamped"), plain)
+
+
+def _model(cfg):
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = build_model(cfg, len(tok), tok)
+    model.train()
+    return model, tok
+
+
+def _spy(store, key):
+    def hook(x, hook):
+        store[key] = x
+        return x
+    return hook
+
+
+def test_zero_clamp_zeroes_the_head_and_stops_its_gradient(one_torch_thread):
+    cfg = tiny_train_cfg(mix=MIX)
+    model, tok = _model(cfg)
+    tokens, mask = make_batch(random.Random(0), cfg, tok, 4)
+    seen = {}
+    fwd = ClampedForward(model, tok)
+    logits = fwd(tokens, [Clamp(((1, 2),), "zero")], [(z_hook(1), _spy(seen, "z"))])
+    z = seen["z"]
+    assert torch.equal(z[:, :, 2], torch.zeros_like(z[:, :, 2])) and z[:, :, [0, 1, 3]].abs().min() >= 0
+    assert z[:, :, [0, 1, 3]].abs().sum() > 0
+    torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, 1:]], tokens[:, 1:][mask[:, 1:]]).backward()
+    attn = model.model.layers[1].self_attn
+    d = cfg["d_model"] // cfg["n_heads"]
+    rows = slice(2 * d, 3 * d)
+    for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
+        assert torch.equal(proj.weight.grad[rows], torch.zeros_like(proj.weight.grad[rows]))
+        assert proj.weight.grad[: 2 * d].abs().sum() > 0
+    assert torch.equal(attn.o_proj.weight.grad[:, rows], torch.zeros_like(attn.o_proj.weight.grad[:, rows]))
+    # the other layer's heads and the same layer's other heads still learn
+    assert model.model.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_zero_clamp_holds_in_every_training_forward(tmp_path, one_torch_thread, monkeypatch):
+    zs = []
+    call = ClampedForward.__call__
+
+    def spying(self, tokens, clamps, extra_hooks=()):
+        return call(self, tokens, clamps, list(extra_hooks) + [(z_hook(0), lambda x, hook: zs.append(x.detach()) or x)])
+    monkeypatch.setattr(ClampedForward, "__call__", spying)
+    train_model(tiny_train_cfg(mix=MIX, steps=5), tmp_path / "m", progress=False, clamps=[Clamp(((0, 3),), "zero", 1, 4)])
+    assert len(zs) == 3 and all(torch.equal(z[:, :, 3], torch.zeros_like(z[:, :, 3])) for z in zs)
+
+
+def test_clamped_forward_without_clamps_is_the_model(one_torch_thread):
+    cfg = tiny_train_cfg(mix=MIX)
+    model, tok = _model(cfg)
+    tokens, _ = make_batch(random.Random(1), cfg, tok, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(ClampedForward(model, tok)(tokens, []), model(tokens).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_pattern_clamp_freezes_the_attention(one_torch_thread):
+    cfg = tiny_train_cfg(mix=MIX)
+    model, tok = _model(cfg)
+    tokens, _ = make_batch(random.Random(2), cfg, tok, 3)
+    seen = {}
+    spies = [(pattern_hook(0), _spy(seen, "pattern")), (qkv_hook(0, "v"), _spy(seen, "v")), (z_hook(0), _spy(seen, "z"))]
+    ClampedForward(model, tok)(tokens, [Clamp(((0, 1),), "pattern_uniform")], spies)
+    n = tokens.shape[1]
+    uniform = uniform_pattern(n)
+    assert torch.equal(seen["pattern"][:, 1], uniform.expand(3, n, n))
+    assert not torch.allclose(seen["pattern"][:, 0], uniform.expand(3, n, n))
+    # the head's output is that pattern applied to its values: the running mean of v
+    v = seen["v"][:, :, 1]
+    torch.testing.assert_close(seen["z"][:, :, 1], torch.einsum("qk,bkd->bqd", uniform, v), atol=1e-5, rtol=1e-5)
+
+
+def test_reference_and_mean_clamps_run(tmp_path, one_torch_thread):
+    cfg = tiny_train_cfg(mix=MIX, steps=3, checkpoints=[0])
+    train_model(cfg, tmp_path / "ref", progress=False)
+    ref = str(tmp_path / "ref")
+    model, tok = _model(cfg)
+    tokens, _ = make_batch(random.Random(3), cfg, tok, 3)
+    fwd = ClampedForward(model, tok)
+    loaded = fwd.reference(ref)
+    with torch.no_grad():
+        _, cache = loaded.bridge.run_with_cache(tokens, names_filter=lambda h: h in {pattern_hook(1), z_hook(1)})
+    seen = {}
+    fwd(tokens, [Clamp(((1, 0),), "pattern_ref", reference=ref)], [(pattern_hook(1), _spy(seen, "p"))])
+    assert torch.equal(seen["p"][:, 0], cache[pattern_hook(1)][:, 0])
+    fwd(tokens, [Clamp(((1, 0),), "output_ref", reference=ref)], [(z_hook(1), _spy(seen, "z"))])
+    assert torch.equal(seen["z"][:, :, 0], cache[z_hook(1)][:, :, 0])
+    fwd(tokens, [Clamp(((1, 0), (1, 2)), "mean")], [(z_hook(1), _spy(seen, "zm"))])
+    zm = seen["zm"][:, :, [0, 2]]
+    assert torch.equal(zm, zm[:1].expand_as(zm))
+    for kind in ("value_ref", "pattern_ref", "mean", "pattern_uniform"):
+        train_model(cfg, tmp_path / kind, progress=False, clamps=[Clamp(((0, 0),), kind, 0, 2, reference=ref)])
+
+
+def test_clamp_config():
+    c = Clamp.from_config({"heads": [[0, 1]], "kind": "mean", "steps": [10, None]})
+    assert c.covers(10) and c.covers(10**6) and not c.covers(9)
+    with pytest.raises(ValueError, match="reference"):
+        Clamp.from_config({"heads": [[0, 1]], "kind": "pattern_ref"})
+
+
+def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(tmp_path, one_torch_thread):
+    """The measure stage on the final checkpoint gives the path scores and accuracies the grid's own
+    stages (attribute, evaluate, head_types) give on the trained model folder; aggregation, formation
+    steps and the figure run on its output."""
+    import pandas as pd
+
+    from fi.dynamics import aggregate_dynamics, measure_checkpoint, plot_model_dynamics
+    from fi.stages import attribute, evaluate, head_types, make_dataset
+
+    cfg = tiny_train_cfg(mix=MIX, steps=8, checkpoints=[0, 4])
+    model_dir = tmp_path / "fi-toy"
+    train_model(cfg, model_dir, progress=False)
+    cell = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
+    dataset = tmp_path / "data.jsonl"
+    make_dataset("addition", cell["variant"], {"n_examples": 12, "n_demos": 8, "seed": 42}, str(dataset))
+    params = {"max_examples": 12, "batch_size": 5}
+    ht = {"seq_len": 10, "n_seqs": 4, "seed": 0, "threshold": 0.3}
+    keys = {"model": "fi-toy", "run": "baseline", "seed": 0}
+    outs = []
+    for step in (0, 4, 8):
+        outs.append(tmp_path / f"step{step}.parquet")
+        measure_checkpoint(str(model_dir), step, cfg, [cell], [str(dataset)], ht, params, keys, str(outs[-1]))
+    final = pd.read_parquet(outs[-1])
+    model = {"name": "fi-toy", "path": str(model_dir), "dtype": "float32"}
+    grid_attr = attribute(model, "addition", cell["variant"], 4, str(dataset), str(tmp_path / "attr.parquet"),
+                          {"methods": ["path"], "receivers": ["output"], "position_groups": False, **params}, device="cpu")
+    ours = final[final["measure"] == "path_output"].set_index(["layer", "head"])["value"]
+    theirs = grid_attr.set_index(["layer", "head"])["score"]
+    assert len(ours) == 8 and ours.sort_index().equals(theirs.sort_index())
+    scores = evaluate(model, "addition", cell["variant"], 4, str(dataset), str(tmp_path / "eval.parquet"), device="cpu")
+    val = final.set_index("measure")["value"]
+    assert val["cf_acc"] == scores["cf_correct"].mean() and val["orig_acc"] == scores["orig_correct"].mean()
+    types = head_types(model, str(tmp_path / "types.parquet"), ht, device="cpu")
+    ind = final[final["measure"] == "induction_score"].set_index(["layer", "head"])["value"].sort_index()
+    assert ind.equals(types.set_index(["layer", "head"])["induction_score"].sort_index())
+    att = final[final["measure"] == "attn_query_answers"]["value"]
+    assert len(att) == 8 and ((att >= 0) & (att <= 1)).all()
+    assert {f"heldout_loss_{s}" for s in ("addition", "letter_shift", "repeated_tokens")} <= set(final["measure"])
+    aggregate_dynamics([str(p) for p in outs], 0.2, str(tmp_path / "dyn.parquet"), str(tmp_path / "form.parquet"))
+    table = pd.read_parquet(tmp_path / "dyn.parquet")
+    assert sorted(table["step"].unique()) == [0, 4, 8]
+    form = pd.read_parquet(tmp_path / "form.parquet")
+    assert len(form) == 8 and {"formation_step", "first_step"} <= set(form.columns)
+    plot_model_dynamics(str(tmp_path / "dyn.parquet"), str(tmp_path / "form.parquet"), "fi-toy", str(tmp_path / "d.png"))
+    assert (tmp_path / "d.png").stat().st_size > 0
+
+
+def test_formation_steps():
+    import pandas as pd
+
+    from fi.dynamics import formation_steps
+
+    rows = []
+    for step, (a, b) in zip([0, 10, 20, 30], [(0.0, 0.0), (-0.5, 0.0), (-0.1, -0.3), (-0.6, -0.4)]):
+        for head, v in ((0, a), (1, b)):
+            rows.append(dict(model="m", run="baseline", seed=0, task="addition", variant="v", shots=4, layer=0,
+                             head=head, step=step, measure="path_output", value=v))
+    f = formation_steps(pd.DataFrame(rows), 0.2).set_index("head")
+    assert f.loc[0, "first_step"] == 10 and f.loc[0, "formation_step"] == 30
+    assert f.loc[1, "first_step"] == 20 and f.loc[1, "formation_step"] == 20
+    # a checkpoint whose logit-difference gap is below min_gap has no FI head
+    for step, gap in zip([0, 10, 20, 30], [0.0, 0.1, 2.0, 3.0]):
+        for m, v in (("ld_normal", gap), ("ld_contrast", 0.0)):
+            rows.append(dict(model="m", run="baseline", seed=0, task="addition", variant="v", shots=4, layer=-1,
+                             head=-1, step=step, measure=m, value=v))
+    f = formation_steps(pd.DataFrame(rows), 0.2, min_gap=0.5).set_index("head")
+    assert f.loc[0, "first_step"] == 30 and f.loc[0, "formation_step"] == 30 and f.loc[1, "first_step"] == 20
+
+
+def test_prefetching_draws_the_same_batches(tmp_path, one_torch_thread):
+    cfg = tiny_train_cfg(mix=MIX, steps=4, checkpoints=[2])
+    train_model(cfg, tmp_path / "a", progress=False, prefetch=0)
+    train_model(cfg, tmp_path / "b", progress=False, prefetch=3)
+    assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+    a = torch.load(tmp_path / "a/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
+    b = torch.load(tmp_path / "b/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
+    assert a == b
