@@ -39,15 +39,17 @@ def mean_z(model, encoded, heads: Sequence[Head], batch_size: int = 64) -> dict[
         tokens, mask = model.right_pad(prompts[start:start + batch_size])
         store = {}
 
-        def keep(z, hook):
-            store[hook.name] = z
-            return z
+        def keep(layer):
+            def hook(z, hook):
+                store[layer] = z
+                return z
+            return hook
         with torch.inference_mode():
-            model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=[(z_hook(layer), keep) for layer in layers],
+            model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=[(z_hook(layer), keep(layer)) for layer in layers],
                                         stop_at_layer=max(layers) + 1)
         m = mask.to(model.device)
         for layer, hs in layers.items():
-            z = store[z_hook(layer)][:, :, hs]  # [B, T, H_sel, d]
+            z = store[layer][:, :, hs]  # [B, T, H_sel, d]
             sums[layer] = sums[layer] + (z * m[..., None, None]).sum((0, 1)).float().cpu()
         count += int(mask.sum())
     return {layer: sums[layer] / count for layer in layers}

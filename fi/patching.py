@@ -291,10 +291,12 @@ class RunCache:
 def _capture_run(model, route: Route, chunk: "PatchingData", tokens: torch.Tensor, names: set) -> tuple[dict, torch.Tensor]:
     store: dict = {}
 
-    def keep(x, hook):
-        store[hook.name] = x
-        return x
-    hooks = [(name, keep) for name in sorted(names)]
+    def keep(name):
+        def hook(x, hook):
+            store[name] = x  # under the name asked for (the bridge's hook may carry an alias's name)
+            return x
+        return hook
+    hooks = [(name, keep(name)) for name in sorted(names)]
     with torch.inference_mode():
         ld = read_ld(model, route, tokens.to(model.device), hooks, chunk.last, chunk.normal_answer, chunk.contrast_answer)
     return store, ld.float().cpu()
@@ -424,11 +426,7 @@ def path_patching(model, cache: RunCache, receiver: "Receiver | str" = RECEIVER_
         out = torch.zeros(cache.n_layers * cache.n_heads)
         for layer in range(cache.n_layers):
             if not receiver.is_output and layer >= receiver.layer:
-                # a sender at or above the receiver's layer cannot reach its input: run 2 is the
-                # clean contrast run
-                out[layer * cache.n_heads:(layer + 1) * cache.n_heads] = float(cache.ld_contrast[
-                    i * cache.chunks[0].size: i * cache.chunks[0].size + chunk.size].sum())
-                continue
+                continue  # cannot reach the receiver's input: no effect (set exactly below)
             for block in _blocks(list(range(cache.n_heads)), chunk.size, rows_per_pass):
                 if receiver.is_output:
                     variants = [_frozen(cache, i, (layer, h), layer, cache.n_layers) for h in block]
@@ -437,7 +435,12 @@ def path_patching(model, cache: RunCache, receiver: "Receiver | str" = RECEIVER_
                     ld = _path_to_head(model, cache, i, layer, block, receiver)
                 out[[layer * cache.n_heads + h for h in block]] = ld.sum(1)
         sums.append(out)
-    return _per_head_mean(cache, sums)
+    scores = _per_head_mean(cache, sums)
+    if not receiver.is_output:
+        # a sender at or above the receiver's layer cannot reach its input: run 2 is the clean
+        # contrast run, whose effect is 0 by definition
+        scores[receiver.layer:] = 0.0
+    return scores
 
 
 def _path_to_head(model, cache: RunCache, i: int, layer: int, senders: Sequence[int], receiver: "Receiver") -> torch.Tensor:
