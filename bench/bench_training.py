@@ -26,8 +26,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import fi.training as training  # noqa: E402
-from fi.config import validate_config  # noqa: E402
+import fi.training as training
+from fi.config import validate_config
 
 
 def make_batch_before(rng, cfg, tokenizer, size, with_sources=False):

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
 from fi.answers import answer_vocabulary
-from fi.evaluation import (PROMPT_KINDS, ModelInput, encode_examples, model_inputs, readout_route, run_inputs,
-                           score_inputs)
+from fi.evaluation import PROMPT_KINDS, ModelInput, encode_examples, model_inputs, readout_route, run_inputs, score_inputs
 from fi.interventions import Intervention, by_layer, z_hook
 
 MODES = ("patch", "mean", "zero")

@@ -23,16 +23,21 @@ import copy
 import math
 import random
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+from fi.dynamics_runs import REF_KINDS, Run, checkpoint_steps, clamp_entries, needs_fi_heads, reference_steps, runs  # noqa: F401
+
+if TYPE_CHECKING:  # pandas is imported where it is used, to keep the DAG's planning light
+    import pandas as pd
 
 from fi.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
 
 KINDS = ("zero", "mean", "pattern_uniform", "pattern_ref", "value_ref", "output_ref")
-REF_KINDS = ("pattern_ref", "value_ref", "output_ref")
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Clamp:
             raise ValueError(f"clamp {self.kind}: needs a reference model folder")
 
     @classmethod
-    def from_config(cls, entry: dict, reference: str | None = None) -> "Clamp":
+    def from_config(cls, entry: dict, reference: str | None = None) -> Clamp:
         """`{heads: [[layer, head], ...], kind: zero, steps: [start, stop]}` (stop null: to the end)."""
         steps = entry.get("steps") or [0, None]
         return cls(tuple((int(a), int(b)) for a, b in entry["heads"]), entry.get("kind", "zero"),
@@ -180,7 +185,7 @@ def query_attention_to_answers(model, data) -> torch.Tensor:
 
 
 def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets: list[str], head_types: dict,
-                      max_examples: int = 100, batch_size: int = 16, eval_batch_size: int = 64) -> "pd.DataFrame":
+                      max_examples: int = 100, batch_size: int = 16, eval_batch_size: int = 64) -> pd.DataFrame:
     """Every progress measure of one checkpoint folder, as long rows (measure, task, variant, shots,
     layer, head, value; layer = head = -1 for a model-level measure):
       heldout_loss_<source>   loss per data source on a fixed held-out batch (heldout_losses)
@@ -231,7 +236,7 @@ def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets:
     return pd.DataFrame(rows)
 
 
-def formation_steps(table: "pd.DataFrame", threshold: float, min_gap: float = 0.5) -> "pd.DataFrame":
+def formation_steps(table: pd.DataFrame, threshold: float, min_gap: float = 0.5) -> pd.DataFrame:
     """The step at which each head becomes an FI head, per run, seed and cell: the first checkpoint
     from which, at every later checkpoint, its path score to the output is <= -threshold (NaN: never).
     The normalised score divides by the cell's logit-difference gap (ld_normal - ld_contrast), which is
@@ -264,7 +269,7 @@ def formation_steps(table: "pd.DataFrame", threshold: float, min_gap: float = 0.
     return pd.DataFrame(rows)
 
 
-def plot_dynamics(table: "pd.DataFrame", formation: "pd.DataFrame", output: str, dpi: int = 120) -> None:
+def plot_dynamics(table: pd.DataFrame, formation: pd.DataFrame, output: str, dpi: int = 120) -> None:
     """One model's dynamics: accuracy and held-out loss per source against step (every run, the band
     over seeds), then per head (baseline run): path score to the output with -threshold dashed and
     each head's formation step marked, attention from the query to the demos' answers, and
@@ -289,7 +294,8 @@ def plot_dynamics(table: "pd.DataFrame", formation: "pd.DataFrame", output: str,
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     acc = in_cell[in_cell["measure"].isin(["cf_acc", "orig_acc"])]
     sns.lineplot(acc, x="step", y="value", hue="run", style="measure", marker="o", errorbar=("pi", 100), ax=axes[0, 0])
-    axes[0, 0].set(title="discovery cell accuracy" + ("" if cell is None else f"\n{cell['task']} {cell['variant']}, {cell['shots']} shots"),
+    where = "" if cell is None else f"\n{cell['task']} {cell['variant']}, {cell['shots']} shots"
+    axes[0, 0].set(title="discovery cell accuracy" + where,
                    ylabel="accuracy", ylim=(-0.03, 1.03))
     loss = table[table["measure"].str.startswith("heldout_loss_")].assign(
         source=lambda d: d["measure"].str.removeprefix("heldout_loss_"))
@@ -326,102 +332,7 @@ def plot_dynamics(table: "pd.DataFrame", formation: "pd.DataFrame", output: str,
     plt.close(fig)
 
 
-# ---- the runs of the dynamics config, and the stages ----------------------------------------------------
-
-RESULTS = "results"
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run of a built-in model: the model's own training (`baseline` with the model's
-    seed, which is the grid's model folder) or a configured variation, at one seed."""
-
-    model: str  # model id
-    name: str
-    seed: int
-    train: dict
-    clamps: tuple = ()
-    is_grid_model: bool = False
-
-    @property
-    def folder(self) -> str:
-        if self.is_grid_model:
-            return f"{RESULTS}/models/{self.model}"
-        return run_folder(self.model, self.name, self.seed)
-
-    @property
-    def steps(self) -> list[int]:
-        from fi.training import checkpoint_steps
-
-        return checkpoint_steps(self.train)
-
-    def measures_path(self, step: int) -> str:
-        return measures_path(self.model, self.name, self.seed, step)
-
-    def baseline(self, runs: list["Run"]) -> "Run":
-        return next(r for r in runs if r.model == self.model and r.name == "baseline" and r.seed == self.seed)
-
-
-def run_folder(model: str, run: str, seed: int) -> str:
-    return f"{RESULTS}/dynamics/{model}/runs/{run}/seed{seed}"
-
-
-def measures_path(model: str, run: str, seed: int, step: int) -> str:
-    return f"{RESULTS}/dynamics/{model}/measures/{run}/seed{seed}/step{step}.parquet"
-
-
-
-
-def runs(config: dict) -> list[Run]:
-    """Every run the `dynamics` config asks for, per built-in model: `baseline` and each of
-    `dynamics.runs`, at the model's own seed and each of `dynamics.seeds`."""
-    from fi.grid import ConfigError, models
-
-    dyn = config["dynamics"]
-    out = []
-    for m in models(config):
-        if not m.builtin:
-            continue
-        train = m.cfg["train"]
-        seeds = [int(train["seed"])] + [int(s) for s in dyn["seeds"] if int(s) != int(train["seed"])]
-        specs = [{"name": "baseline", "train": {}, "clamps": []}] + [
-            r for r in dyn["runs"] if r.get("model") in (None, m.name)]
-        for spec in specs:
-            unknown = set(spec.get("train", {})) - set(train) - {"checkpoints", "checkpoint_every"}
-            if unknown:
-                raise ConfigError(f"dynamics.runs.{spec['name']}.train: unknown train keys {sorted(unknown)}")
-            if "seed" in spec.get("train", {}):
-                raise ConfigError(f"dynamics.runs.{spec['name']}.train: set seeds with dynamics.seeds")
-            for seed in seeds:
-                cfg = {**train, **spec.get("train", {}), "seed": seed}
-                grid_model = spec["name"] == "baseline" and seed == int(train["seed"])
-                out.append(Run(m.id, spec["name"], seed, cfg, tuple(_freeze(c) for c in spec.get("clamps", [])),
-                               grid_model))
-    names = [r["name"] for r in dyn["runs"]]
-    if len(set(names)) != len(names) or "baseline" in names:
-        raise ConfigError(f"dynamics.runs: names must be unique and not 'baseline': {names}")
-    return out
-
-
-def _freeze(entry: dict) -> tuple:
-    return tuple(sorted((k, _freeze_value(v)) for k, v in entry.items()))
-
-
-def _freeze_value(v):
-    return tuple(_freeze_value(x) for x in v) if isinstance(v, (list, tuple)) else v
-
-
-def clamp_entries(run: Run) -> list[dict]:
-    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c} for c in run.clamps]
-
-
-def needs_fi_heads(run: Run) -> bool:
-    return any(e.get("heads") == "fi" for e in clamp_entries(run))
-
-
-def reference_steps(run: Run) -> list:
-    return [e.get("reference") for e in clamp_entries(run) if e.get("kind", "zero") in REF_KINDS]
-
+# ---- the stages ------------------------------------------------------------------------------------
 
 def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None = None,
               fi_heads: str | None = None, threads: int | None = None) -> None:

@@ -13,8 +13,8 @@ changes no logit), and only the answer vocabulary's logits at the answer positio
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import pandas as pd
 import torch

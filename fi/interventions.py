@@ -15,8 +15,8 @@ Axes, by hook (TransformerLens' conventions):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -74,7 +74,7 @@ class Intervention:
     # ---- the usual kinds ------------------------------------------------------------------------
     @classmethod
     def patch(cls, hook: str, source: torch.Tensor, heads: Sequence[int] | None = None,
-              positions: torch.Tensor | None = None, rows: slice | None = None) -> "Intervention":
+              positions: torch.Tensor | None = None, rows: slice | None = None) -> Intervention:
         """The selected slice takes its value from `source`, another run's full activation at this hook
         (same shape as the selected rows: [rows, pos, head, d] for hook_z)."""
         heads = None if heads is None else tuple(int(h) for h in heads)
@@ -84,19 +84,19 @@ class Intervention:
 
     @classmethod
     def zero(cls, hook: str, heads: Sequence[int] | None = None, positions: torch.Tensor | None = None,
-             rows: slice | None = None) -> "Intervention":
+             rows: slice | None = None) -> Intervention:
         return cls(hook, torch.zeros(()), None if heads is None else tuple(int(h) for h in heads), positions,
                    rows, "replace")
 
     @classmethod
     def constant(cls, hook: str, value: torch.Tensor, heads: Sequence[int] | None = None,
-                 positions: torch.Tensor | None = None, rows: slice | None = None) -> "Intervention":
+                 positions: torch.Tensor | None = None, rows: slice | None = None) -> Intervention:
         """A fixed value (a mean, a frozen pattern) broadcast over the selected rows and positions."""
         return cls(hook, value, None if heads is None else tuple(int(h) for h in heads), positions, rows, "replace")
 
     @classmethod
     def add(cls, hook: str, vector: torch.Tensor, heads: Sequence[int] | None = None,
-            positions: torch.Tensor | None = None, rows: slice | None = None, scale: float = 1.0) -> "Intervention":
+            positions: torch.Tensor | None = None, rows: slice | None = None, scale: float = 1.0) -> Intervention:
         """`scale * vector` added to the selected slice (a function vector)."""
         return cls(hook, vector * scale, None if heads is None else tuple(int(h) for h in heads), positions,
                    rows, "add")

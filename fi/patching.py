@@ -27,10 +27,10 @@ never differ (offset 0), carry no signal and are dropped; the count dropped is r
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Sequence
 
 import torch
 
@@ -56,7 +56,7 @@ class Receiver:
     which: str | None = None  # q, k or v
 
     @classmethod
-    def parse(cls, text: str) -> "Receiver":
+    def parse(cls, text: str) -> Receiver:
         """'output' or 'L.H.q' / 'L.H.k' / 'L.H.v'."""
         if text == RECEIVER_OUTPUT:
             return cls()
@@ -90,7 +90,7 @@ class PatchingData:
     def size(self) -> int:
         return int(self.normal.shape[0])
 
-    def subset(self, idx: slice) -> "PatchingData":
+    def subset(self, idx: slice) -> PatchingData:
         return PatchingData(self.normal[idx], self.contrast[idx], self.last[idx], self.normal_answer[idx],
                             self.contrast_answer[idx], {k: v[idx] for k, v in self.groups.items()}, 0)
 
@@ -194,7 +194,7 @@ def _ld_from_resid(model, resid_last: torch.Tensor, normal_answer: torch.Tensor,
     return logits[:, 0] - logits[:, 1]
 
 
-def _analytic_path_holds(model, chunk: "PatchingData") -> bool:
+def _analytic_path_holds(model, chunk: PatchingData) -> bool:
     """The analytic run 1 (see _frozen_resid_at_last) assumes pre-norm sequential blocks:
     resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp(ln2(resid_mid)). Checked on
     this model by rebuilding the contrast run's LD that way from its head outputs; architectures that
@@ -220,7 +220,7 @@ def _analytic_path_holds(model, chunk: "PatchingData") -> bool:
     return bool((rebuilt.float().cpu() - expected.float().cpu()).abs().max() <= ROUTE_RTOL * scale)
 
 
-def decide_route(model, data: "PatchingData", probe_size: int = 8) -> Route:
+def decide_route(model, data: PatchingData, probe_size: int = 8) -> Route:
     """Both route checks on the first `probe_size` examples (one tolerance, ROUTE_RTOL)."""
     chunk = data.subset(slice(0, probe_size))
     compared = torch.stack([chunk.normal_answer, chunk.contrast_answer], 1)
@@ -262,7 +262,7 @@ class RunCache:
                            attn_out [B, T, d_model]
     ld_normal, ld_contrast [N] LD per example of each run"""
 
-    data: "PatchingData"
+    data: PatchingData
     route: Route
     chunks: tuple
     normal: tuple
@@ -288,7 +288,7 @@ class RunCache:
         return (self.normal if run == "normal" else self.contrast)[i]
 
 
-def _capture_run(model, route: Route, chunk: "PatchingData", tokens: torch.Tensor, names: set) -> tuple[dict, torch.Tensor]:
+def _capture_run(model, route: Route, chunk: PatchingData, tokens: torch.Tensor, names: set) -> tuple[dict, torch.Tensor]:
     store: dict = {}
 
     def keep(name):
@@ -302,7 +302,7 @@ def _capture_run(model, route: Route, chunk: "PatchingData", tokens: torch.Tenso
     return store, ld.float().cpu()
 
 
-def build_cache(model, data: "PatchingData", route: Route | None = None, batch_size: int = 16,
+def build_cache(model, data: PatchingData, route: Route | None = None, batch_size: int = 16,
                 names: Sequence[str] | None = None) -> RunCache:
     """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names)."""
     route = route or decide_route(model, data)
@@ -409,7 +409,7 @@ def _frozen(cache: RunCache, i: int, sender: Head, from_layer: int, to_layer: in
     return ivs + [Intervention.patch(z_hook(layer), cache.normal[i][z_hook(layer)], heads=[head])]
 
 
-def path_patching(model, cache: RunCache, receiver: "Receiver | str" = RECEIVER_OUTPUT,
+def path_patching(model, cache: RunCache, receiver: Receiver | str = RECEIVER_OUTPUT,
                   rows_per_pass: int = 256) -> torch.Tensor:
     """[layers, heads]: the paper's path patching from every sender head to `receiver`.
 
@@ -443,7 +443,7 @@ def path_patching(model, cache: RunCache, receiver: "Receiver | str" = RECEIVER_
     return scores
 
 
-def _path_to_head(model, cache: RunCache, i: int, layer: int, senders: Sequence[int], receiver: "Receiver") -> torch.Tensor:
+def _path_to_head(model, cache: RunCache, i: int, layer: int, senders: Sequence[int], receiver: Receiver) -> torch.Tensor:
     """Run 1 (frozen, stopped after the receiver's layer, its q/k/v input captured) and run 2 (the
     contrast run from the receiver's layer on, that input patched in) for the senders of one layer."""
     n_kv = int(getattr(model.bridge.cfg, "n_key_value_heads", None) or cache.n_heads)
@@ -557,7 +557,7 @@ class Patcher:
     changes after construction except the run cache, which is built on first use (attribution-only
     callers may want the cheaper z-only cache: build_cache(..., names=[z hooks])) and then fixed."""
 
-    def __init__(self, model, data: "PatchingData", batch_size: int = 16, rows_per_pass: int = 256,
+    def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int = 256,
                  route: Route | None = None):
         self.model = model
         self.data = data
@@ -565,7 +565,7 @@ class Patcher:
         self.rows_per_pass = rows_per_pass
         self.route = route or decide_route(model, data)
 
-    def with_route(self, **changes) -> "Patcher":
+    def with_route(self, **changes) -> Patcher:
         """The same prompts read another way (tests compare routes)."""
         return Patcher(self.model, self.data, self.batch_size, self.rows_per_pass, replace(self.route, **changes))
 
@@ -587,7 +587,7 @@ class Patcher:
     def activation_patching(self, group: str | None = None) -> torch.Tensor:
         return activation_patching(self.model, self.cache, group, self.rows_per_pass)
 
-    def path_patching(self, receiver: "Receiver | str" = RECEIVER_OUTPUT) -> torch.Tensor:
+    def path_patching(self, receiver: Receiver | str = RECEIVER_OUTPUT) -> torch.Tensor:
         return path_patching(self.model, self.cache, receiver, self.rows_per_pass)
 
     def attribution_patching(self) -> torch.Tensor:

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from fi.dynamics_runs import checkpoint_steps
 from fi.io import atomic_dir, write_parquet
 from fi.tasks import addition_sum_range, draw_addition_pair
 
@@ -166,20 +167,6 @@ def lr_at(step: int, cfg: dict) -> float:
         return cfg["lr"] * (step + 1) / cfg["warmup_steps"]
     progress = (step - cfg["warmup_steps"]) / max(1, cfg["steps"] - cfg["warmup_steps"])
     return cfg["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def checkpoint_steps(cfg: dict) -> list[int]:
-    """The steps whose weights `train_model` saves under checkpoints/step<k>/: `checkpoints` plus
-    every multiple of `checkpoint_every` (0: none), within 0..steps, and then the final step too.
-    Step k is the weights after k optimizer updates (step 0: the initialisation)."""
-    steps = cfg["steps"]
-    chosen = {int(k) for k in cfg.get("checkpoints", []) if 0 <= int(k) <= steps}
-    every = cfg.get("checkpoint_every", 0)
-    if every:
-        chosen |= set(range(0, steps + 1, every))
-    if chosen:
-        chosen.add(steps)
-    return sorted(chosen)
 
 
 def checkpoint_dir(model_dir: str | Path, step: int) -> Path:

@@ -5,6 +5,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
+import fi.dynamics_runs as dyn
 import fi.resources as fi_resources
 from fi.codehash import code_hash as _code_hash
 from fi.config import validate_config
@@ -168,3 +169,47 @@ def model_resources(rule, batched=False):
 def parity_resources():
     """The parity job's resources (it compares every model, one after the other)."""
     return fi_resources.parity_resources(MODELS)
+
+
+# ---- training dynamics (workflow/rules/dynamics.smk, fi.dynamics) ----------------------------------
+
+DYN_RUNS = dyn.runs(config)
+DYN_RUN = {(r.model, r.name, r.seed): r for r in DYN_RUNS}
+DYN_CELLS = [config["discovery"]["cell"]] + list(config["dynamics"]["cells"])
+
+
+def dyn_run(wc):
+    return DYN_RUN[(wc.model, wc.run, int(wc.seed))]
+
+
+def dynamics_measures(model=None):
+    return [r.measures_path(k) for r in DYN_RUNS if model in (None, r.model) for k in r.steps]
+
+
+def dynamics_outputs():
+    """The dynamics table, formation steps and one figure per built-in model with checkpoints (the
+    default target's share; empty when dynamics.enabled is false or no model has checkpoints)."""
+    if not config["dynamics"]["enabled"] or not dynamics_measures():
+        return []
+    fmt = config["plots"]["format"]
+    models = sorted({r.model for r in DYN_RUNS if r.steps})
+    return ["results/tables/dynamics.parquet", "results/tables/dynamics_formation.parquet"] + [
+        f"results/plots/dynamics_{m}.{fmt}" for m in models
+    ]
+
+
+def dyn_train_inputs(wc):
+    run = dyn_run(wc)
+    inputs = {}
+    if dyn.reference_steps(run):
+        inputs["baseline"] = run.baseline(DYN_RUNS).folder
+    if dyn.needs_fi_heads(run):
+        inputs["fi_heads"] = heads_path(run.model)
+    return inputs
+
+
+def dyn_measure_inputs(wc):
+    return {
+        "run": dyn_run(wc).folder,
+        "datasets": [dataset_path(c["task"], c["variant"]) for c in DYN_CELLS],
+    }

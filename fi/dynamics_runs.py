@@ -1,0 +1,116 @@
+"""The runs of the dynamics config (fi.dynamics): which trainings and checkpoints the DAG fans over.
+Imported by the Snakefile when it plans, so no torch here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+REF_KINDS = ("pattern_ref", "value_ref", "output_ref")
+
+
+def checkpoint_steps(cfg: dict) -> list[int]:
+    """The steps whose weights `train_model` saves under checkpoints/step<k>/: `checkpoints` plus
+    every multiple of `checkpoint_every` (0: none), within 0..steps, and then the final step too.
+    Step k is the weights after k optimizer updates (step 0: the initialisation)."""
+    steps = cfg["steps"]
+    chosen = {int(k) for k in cfg.get("checkpoints", []) if 0 <= int(k) <= steps}
+    every = cfg.get("checkpoint_every", 0)
+    if every:
+        chosen |= set(range(0, steps + 1, every))
+    if chosen:
+        chosen.add(steps)
+    return sorted(chosen)
+
+
+
+RESULTS = "results"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of a built-in model: the model's own training (`baseline` with the model's
+    seed, which is the grid's model folder) or a configured variation, at one seed."""
+
+    model: str  # model id
+    name: str
+    seed: int
+    train: dict
+    clamps: tuple = ()
+    is_grid_model: bool = False
+
+    @property
+    def folder(self) -> str:
+        if self.is_grid_model:
+            return f"{RESULTS}/models/{self.model}"
+        return run_folder(self.model, self.name, self.seed)
+
+    @property
+    def steps(self) -> list[int]:
+        return checkpoint_steps(self.train)
+
+    def measures_path(self, step: int) -> str:
+        return measures_path(self.model, self.name, self.seed, step)
+
+    def baseline(self, runs: list[Run]) -> Run:
+        return next(r for r in runs if r.model == self.model and r.name == "baseline" and r.seed == self.seed)
+
+
+def run_folder(model: str, run: str, seed: int) -> str:
+    return f"{RESULTS}/dynamics/{model}/runs/{run}/seed{seed}"
+
+
+def measures_path(model: str, run: str, seed: int, step: int) -> str:
+    return f"{RESULTS}/dynamics/{model}/measures/{run}/seed{seed}/step{step}.parquet"
+
+
+
+
+def runs(config: dict) -> list[Run]:
+    """Every run the `dynamics` config asks for, per built-in model: `baseline` and each of
+    `dynamics.runs`, at the model's own seed and each of `dynamics.seeds`."""
+    from fi.grid import ConfigError, models
+
+    dyn = config["dynamics"]
+    out = []
+    for m in models(config):
+        if not m.builtin:
+            continue
+        train = m.cfg["train"]
+        seeds = [int(train["seed"])] + [int(s) for s in dyn["seeds"] if int(s) != int(train["seed"])]
+        specs = [{"name": "baseline", "train": {}, "clamps": []}] + [
+            r for r in dyn["runs"] if r.get("model") in (None, m.name)]
+        for spec in specs:
+            unknown = set(spec.get("train", {})) - set(train) - {"checkpoints", "checkpoint_every"}
+            if unknown:
+                raise ConfigError(f"dynamics.runs.{spec['name']}.train: unknown train keys {sorted(unknown)}")
+            if "seed" in spec.get("train", {}):
+                raise ConfigError(f"dynamics.runs.{spec['name']}.train: set seeds with dynamics.seeds")
+            for seed in seeds:
+                cfg = {**train, **spec.get("train", {}), "seed": seed}
+                grid_model = spec["name"] == "baseline" and seed == int(train["seed"])
+                out.append(Run(m.id, spec["name"], seed, cfg, tuple(_freeze(c) for c in spec.get("clamps", [])),
+                               grid_model))
+    names = [r["name"] for r in dyn["runs"]]
+    if len(set(names)) != len(names) or "baseline" in names:
+        raise ConfigError(f"dynamics.runs: names must be unique and not 'baseline': {names}")
+    return out
+
+
+def _freeze(entry: dict) -> tuple:
+    return tuple(sorted((k, _freeze_value(v)) for k, v in entry.items()))
+
+
+def _freeze_value(v):
+    return tuple(_freeze_value(x) for x in v) if isinstance(v, (list, tuple)) else v
+
+
+def clamp_entries(run: Run) -> list[dict]:
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c} for c in run.clamps]
+
+
+def needs_fi_heads(run: Run) -> bool:
+    return any(e.get("heads") == "fi" for e in clamp_entries(run))
+
+
+def reference_steps(run: Run) -> list:
+    return [e.get("reference") for e in clamp_entries(run) if e.get("kind", "zero") in REF_KINDS]
