@@ -48,6 +48,11 @@ class ModelEntry:
     cfg: dict
 
     @property
+    def gguf(self) -> bool:
+        """Converted from a GGUF file by the workflow (fi/gguf.py) into results/models/<id>/."""
+        return bool(self.cfg.get("gguf"))
+
+    @property
     def load_params(self) -> dict:
         """What the model's outputs depend on (a rule's params): not device or batch size."""
         return {"name": self.name, "path": self.path, "dtype": self.cfg["dtype"]}
@@ -57,7 +62,7 @@ def models(config: dict) -> list[ModelEntry]:
     out = []
     for name, cfg in config["models"].items():
         mid = model_id(name)
-        if cfg.get("builtin"):
+        if cfg.get("builtin") or cfg.get("gguf"):  # a folder the workflow writes
             path = builtin_model_dir(mid)
         else:
             path = cfg.get("path")
@@ -178,7 +183,13 @@ def check_config(config: dict) -> None:
         if mid in seen:
             errors.append(f"models: {name!r} and {seen[mid]!r} map to the same folder {mid!r}")
         seen[mid] = name
-        if cfg.get("builtin") and cfg.get("path"):
+        if cfg.get("gguf"):
+            if cfg.get("builtin") or cfg.get("path"):
+                errors.append(f"models.{name}: a gguf model is converted by the workflow into "
+                              f"{builtin_model_dir(mid)}/; drop `builtin` / `path`")
+            else:
+                errors += _check_gguf_model(name, cfg, mid)
+        elif cfg.get("builtin") and cfg.get("path"):
             errors.append(f"models.{name}: a built-in model is trained by the workflow; drop `path`")
         elif cfg.get("path"):
             errors += _check_local_model(name, cfg["path"])
@@ -233,6 +244,12 @@ def _check_local_model(name: str, path: str) -> list[str]:
     from fi.models_check import check_local_checkpoint_files
 
     return check_local_checkpoint_files(path, name)
+
+
+def _check_gguf_model(name: str, cfg: dict, mid: str) -> list[str]:
+    from fi.gguf import source_errors
+
+    return source_errors(name, cfg, mid)
 
 
 # ---- hub names and the reference table ---------------------------------------------------------

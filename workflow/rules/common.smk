@@ -57,9 +57,10 @@ def accuracy_plots():
 
 
 def model_inputs(wildcards):
-    """The built-in model's folder is a job output; a local checkpoint's config.json is tracked."""
+    """The built-in or GGUF-converted model's folder is a job output; a local checkpoint's
+    config.json is tracked."""
     m = MODELS[wildcards.model]
-    if m.builtin:
+    if m.builtin or m.gguf:
         return {"model": m.path}
     if m.path:
         return {"model": f"{m.path}/config.json"}

@@ -7,7 +7,7 @@ def parity_inputs(wildcards):
     """Every model's folder (built-in: a job output) or local checkpoint's config.json."""
     out = []
     for m in MODELS.values():
-        if m.builtin:
+        if m.builtin or m.gguf:
             out.append(m.path)
         elif m.path:
             out.append(f"{m.path}/config.json")
