@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from fi.grid import ConfigError, model_id, task_names, variants
+from fi.grid import ConfigError, builtin_model_dir, model_id, task_names, variants
 from fi.hub import check_hub_models
 from fi.models_check import check_local_checkpoint_files
 from fi.tasks import FAMILIES, get_family
@@ -59,7 +59,15 @@ def check_config(config: dict) -> None:
         if mid in seen:
             errors.append(f"models: {name!r} and {seen[mid]!r} map to the same folder {mid!r}")
         seen[mid] = name
-        if cfg.get("builtin") and cfg.get("path"):
+        if cfg.get("gguf"):
+            if cfg.get("builtin") or cfg.get("path"):
+                errors.append(f"models.{name}: a gguf model is converted by the workflow into "
+                              f"{builtin_model_dir(mid)}/; drop `builtin` / `path`")
+            else:
+                from fi.gguf import source_errors
+
+                errors += source_errors(name, cfg, mid)
+        elif cfg.get("builtin") and cfg.get("path"):
             errors.append(f"models.{name}: a built-in model is trained by the workflow; drop `path`")
         elif cfg.get("path"):
             errors += check_local_checkpoint_files(cfg["path"], name)

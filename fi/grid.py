@@ -70,6 +70,11 @@ class ModelEntry:
     cfg: dict
 
     @property
+    def gguf(self) -> bool:
+        """Converted from a GGUF file by the workflow (fi/gguf.py) into results/models/<id>/."""
+        return bool(self.cfg.get("gguf"))
+
+    @property
     def load_params(self) -> dict:
         """What the model's outputs depend on (a rule's params): not device or batch size."""
         return {"name": self.name, "path": self.path, "dtype": self.cfg["dtype"]}
@@ -79,7 +84,10 @@ def models(config: dict) -> list[ModelEntry]:
     out = []
     for name, cfg in config["models"].items():
         mid = model_id(name)
-        path = builtin_model_dir(mid) if cfg.get("builtin") else cfg.get("path")
+        if cfg.get("builtin") or cfg.get("gguf"):  # a folder the workflow writes
+            path = builtin_model_dir(mid)
+        else:
+            path = cfg.get("path")
         out.append(ModelEntry(name, mid, bool(cfg.get("builtin")), path, cfg))
     return out
 

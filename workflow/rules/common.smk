@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 
 import fi.dynamics_runs as dyn
+import fi.gguf as gguf_source
 import fi.resources as fi_resources
 from fi.codehash import code_hash as _code_hash
 from fi.config import validate_config
@@ -79,9 +80,9 @@ def all_outputs():
 
 
 def model_input(m):
-    """The file a model's jobs depend on: the built-in model's folder (a job output) or a local
-    checkpoint's config.json (tracked); None for a hub name."""
-    if m.builtin:
+    """The file a model's jobs depend on: the built-in or GGUF-converted model's folder (a job
+    output) or a local checkpoint's config.json (tracked); None for a hub name."""
+    if m.builtin or m.gguf:
         return m.path
     if m.path:
         return f"{m.path}/config.json"
@@ -213,3 +214,19 @@ def dyn_measure_inputs(wc):
         "run": dyn_run(wc).folder,
         "datasets": [dataset_path(c["task"], c["variant"]) for c in DYN_CELLS],
     }
+
+
+# ---- GGUF models (workflow/rules/gguf.smk, fi.gguf) ---------------------------------------------
+GGUF_SOURCES = {
+    m.id: gguf_source.resolve_source(m.name, m.cfg, m.id) for m in MODELS.values() if m.gguf
+}
+GGUF_MODELS = "|".join(re.escape(m) for m in GGUF_SOURCES) or "(?!)"
+ASSEMBLED_GGUF_MODELS = (
+    "|".join(re.escape(m) for m, s in GGUF_SOURCES.items() if s.assembled) or "(?!)"
+)
+
+
+def gguf_inputs(wildcards):
+    """An assembled .gguf is a job output; a file or a package's own .gguf is tracked by its sha256."""
+    src = GGUF_SOURCES[wildcards.model]
+    return {"gguf": src.file} if src.assembled else {}
