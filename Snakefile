@@ -33,6 +33,7 @@ include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/attribution.smk"
 include: "workflow/rules/discovery.smk"
 include: "workflow/rules/ablation.smk"
+include: "workflow/rules/circuit.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/parity.smk"
@@ -49,6 +50,8 @@ localrules:
     plot_accuracy,
     plot_heads,
     plot_ablation,
+    aggregate_circuits,
+    plot_circuits,
 
 
 rule all:

@@ -199,3 +199,127 @@ def plot_task_generalization(df: pd.DataFrame, output: str, dpi: int = 120) -> N
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
     plt.close(fig)
+
+
+# ---- circuits (fi.circuit) -------------------------------------------------------------------------
+
+GROUP_COLOURS = {"previous_token": "tab:green", "function_induction": "tab:red", "consolidation": "tab:blue",
+                 "other": "tab:gray"}
+
+
+def plot_circuit(circuit: dict, output: str, dpi: int = 120) -> None:
+    """The circuit diagram as the paper's Figure 2 draws it: heads by layer, top (layer 0) to
+    bottom (the output), coloured by group, edges drawn with width proportional to |score|."""
+    n_layers, n_heads = circuit["n_layers"], circuit["n_heads"]
+    group_of = {tuple(h): g for g, hs in circuit["groups"].items() for h in hs}
+    group_of.update({tuple(h): "other" for h in circuit.get("other", [])})
+    nodes = {tuple(e["sender"]) for e in circuit["edges"]} | set(group_of)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * n_heads + 2), max(3.0, 0.45 * (n_layers + 1) + 1)))
+
+    def xy(node):
+        if node == "output":
+            return (n_heads - 1) / 2, n_layers
+        return node[1], node[0]
+    top = max([abs(e["score"]) for e in circuit["edges"]] + [1e-9])
+    for e in circuit["edges"]:
+        target = "output" if e["receiver"] == "output" else tuple(int(x) for x in e["receiver"].split(".")[:2])
+        (x0, y0), (x1, y1) = xy(tuple(e["sender"])), xy(target)
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0),
+                    arrowprops={"arrowstyle": "->", "lw": 0.5 + 5 * abs(e["score"]) / top,
+                                "color": "black" if e["score"] < 0 else "tab:orange", "alpha": 0.7})
+    for node in nodes:
+        x, y = xy(node)
+        g = group_of.get(node, "other")
+        ax.scatter([x], [y], s=260, color=GROUP_COLOURS[g], zorder=3, edgecolor="black")
+        ax.text(x, y, f"{node[0]}.{node[1]}", ha="center", va="center", fontsize=6, color="white", zorder=4)
+    ox, oy = xy("output")
+    ax.scatter([ox], [oy], s=400, marker="s", color="black", zorder=3)
+    ax.text(ox, oy, "out", ha="center", va="center", fontsize=7, color="white", zorder=4)
+    for g, c in GROUP_COLOURS.items():
+        ax.scatter([], [], color=c, label=g.replace("_", " "))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_xlim(-0.7, n_heads - 0.3)
+    ax.set_ylim(n_layers + 0.7, -0.7)
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(f"{circuit['model']}: circuit on {circuit['cell']['task']} {circuit['cell']['variant']}, "
+                 f"{circuit['cell']['shots']} shots\n(edge width: |path-patching score|; black: restores the "
+                 "plain answer)", fontsize=8)
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)
+
+
+def plot_attention_by_group(tokens: list[str], patterns: dict, output: str, dpi: int = 120) -> None:
+    """One prompt's attention patterns of the circuit heads, one panel per group (the mean over the
+    group's heads), query rows x key columns."""
+    groups = [g for g in patterns if patterns[g] is not None]
+    if not groups:
+        groups = ["none"]
+        patterns = {"none": None}
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 5), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        if patterns[g] is None:
+            ax.axis("off")
+            ax.set_title("no circuit head")
+            continue
+        sns.heatmap(patterns[g], ax=ax, cmap="viridis", vmin=0, vmax=1, cbar=True, square=True,
+                    xticklabels=tokens, yticklabels=tokens)
+        ax.tick_params(labelsize=5)
+        ax.set_title(f"{g.replace('_', ' ')} heads (mean)", fontsize=9)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)
+
+
+def plot_circuit_evaluation(table: pd.DataFrame, output: str, dpi: int = 120) -> None:
+    """Faithfulness of each model's circuit against the full model, the completeness search's
+    F(M \\ K) against F(C \\ K) per rollout (the diagonal is complete), and each head's minimality."""
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(len(models), 3, figsize=(13, 3.6 * len(models)), squeeze=False)
+    for row, model in zip(axes, models):
+        t = table[table["model"] == model]
+        f = t[t["kind"] == "faithfulness"]
+        sns.barplot(f, x="subject", y="value", ax=row[0], color="tab:blue")
+        row[0].set(title=f"{model}: faithfulness", ylabel="F", xlabel="", ylim=(min(0, f["value"].min()) - 0.05, 1.1))
+        c = t[t["kind"] == "completeness"]
+        if not c.empty:
+            wide = c.pivot_table(index="subject", columns="measure", values="value")
+            row[1].scatter(wide["f_model_minus_k"], wide["f_circuit_minus_k"], color="tab:red")
+        lo = min([0.0] + c["value"].tolist())
+        row[1].plot([lo, 1], [lo, 1], color="gray", lw=0.8, ls="--")
+        row[1].set(title="completeness (greedy K per rollout)", xlabel="F(M \\ K)", ylabel="F(C \\ K)")
+        m = t[t["kind"] == "minimality"]
+        if not m.empty:
+            sns.barplot(m, x="subject", y="value", hue="group", ax=row[2], dodge=False)
+            row[2].tick_params(axis="x", labelrotation=90, labelsize=6)
+        row[2].set(title="minimality: |F(C \\ (K+v)) - F(C \\ K)|", xlabel="head v", ylabel="change")
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)
+
+
+def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> None:
+    """Per model, the share of family A's circuit heads that are in family B's (all groups), and
+    A's FI heads ablated on B: cf_acc drop against the random sets' mean drop."""
+    models = list(dict.fromkeys(table["model"]))
+    fig, axes = plt.subplots(len(models), 2, figsize=(10, 3.8 * len(models)), squeeze=False)
+    for row, model in zip(axes, models):
+        t = table[table["model"] == model]
+        grid = t.pivot_table(index="family_a", columns="family_b", values="overlap_all")
+        sns.heatmap(grid, ax=row[0], vmin=0, vmax=1, annot=True, fmt=".2f", cmap="Blues")
+        row[0].set(title=f"{model}: share of A's circuit heads in B's", xlabel="B", ylabel="A")
+        long = t.melt(id_vars=["family_a", "family_b"], value_vars=["fi_ablation_cf_drop", "random_ablation_cf_drop"],
+                      var_name="ablated", value_name="cf_acc drop")
+        long["pair"] = long["family_a"] + " heads -> " + long["family_b"]
+        sns.barplot(long, x="pair", y="cf_acc drop", hue="ablated", ax=row[1])
+        row[1].tick_params(axis="x", labelrotation=30, labelsize=7)
+        row[1].set(title="ablating A's FI heads on B (patch from normal)")
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)

@@ -287,3 +287,214 @@ def plot_ablation(table: str, output: str, plots: dict) -> None:
     from fi.plots import plot_task_generalization
 
     plot_task_generalization(pd.read_parquet(table), output, dpi=plots["dpi"])
+
+
+# ---- the circuit (issue: three head groups, circuit evaluation, cross-task overlap) ---------------
+
+def _circuit_cache(loaded, task: str, variant: str, shots: int, dataset: str, params: dict):
+    from fi.patching import build_cache, build_patching_data
+
+    family = get_family(task)
+    v = family.parse_variant(variant)
+    data = build_patching_data(loaded, family, v, read_jsonl(dataset), int(shots), params["max_examples"])
+    return build_cache(loaded, data, batch_size=params["batch_size"]), v
+
+
+def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, diagram: str,
+                 attention_plot: str, attention_html: str, circuit: dict, explicit: dict | None = None,
+                 device: str = "auto", threads: int | None = None) -> dict:
+    """The circuit of one cell: iterated path patching from the output down, the three head groups
+    (or the groups given in config), every circuit head's numbers, a diagram and attention views."""
+    from fi import circuit as fc
+    from fi.io import write_json
+    from fi.plots import plot_circuit
+
+    t0 = time.perf_counter()
+    loaded = _load(model, device, threads)
+    cache, v = _circuit_cache(loaded, task, variant, shots, dataset, circuit)
+    stats = fc.attention_statistics(loaded, cache)
+    edges, direct = fc.iterated_path_patching(loaded, cache, circuit["threshold"], circuit["depth"],
+                                              circuit["inputs"], circuit["max_receivers"])
+    found = fc.classify(edges, stats, circuit["attention_threshold"])
+    result = {"model": model["name"], "cell": {"task": task, "variant": variant, "shots": int(shots)},
+              "n_layers": loaded.n_layers, "n_heads": loaded.n_heads, "n_examples": cache.data.size,
+              "n_dropped": cache.data.n_dropped, "ld_normal": cache.mean_ld_normal,
+              "ld_contrast": cache.mean_ld_contrast, "route": vars(cache.route),
+              "params": {k: circuit[k] for k in ("threshold", "depth", "inputs", "max_receivers",
+                                                 "attention_threshold")},
+              "source": "config" if explicit else "discovery",
+              "groups": explicit or found["groups"], "discovered_groups": found["groups"], "other": found["other"],
+              "positions": dict(fc.GROUP_POSITIONS),
+              "edges": [e.as_dict() for e in edges],
+              "heads": [{"layer": layer, "head": head, "direct_effect": float(direct[layer, head]),
+                         **stats[(layer, head)]} for layer in range(loaded.n_layers) for head in range(loaded.n_heads)]}
+    write_json(result, output)
+    plot_circuit(result, diagram)
+    _attention_views(loaded, cache, result["groups"], attention_plot, attention_html)
+    log.info("%s %s %s shots=%s: circuit %s (%.1fs)", model["name"], task, variant, shots, result["groups"],
+             time.perf_counter() - t0)
+    return result
+
+
+def _attention_views(loaded, cache, groups: dict, static: str, html: str, n_prompts: int = 3) -> None:
+    """The circuit heads' attention on the first contrast prompts: a static figure (one panel per
+    group, first prompt) and an interactive CircuitsVis page (every circuit head, `n_prompts` prompts)."""
+    import circuitsvis as cv
+    import torch
+
+    from fi.interventions import pattern_hook
+    from fi.io import atomic_path
+    from fi.plots import plot_attention_by_group
+    from fi.readout import run_to_final_resid
+
+    chunk = cache.chunks[0]
+    store = {}
+
+    def keep(layer):
+        def hook(p, hook):
+            store[layer] = p.float().cpu()
+            return p
+        return hook
+    with torch.inference_mode():
+        run_to_final_resid(loaded, chunk.contrast.to(loaded.device),
+                           [(pattern_hook(layer), keep(layer)) for layer in range(loaded.n_layers)])
+    n = int(chunk.last[0]) + 1
+    tokens = [loaded.tokenizer.decode([t]) for t in chunk.contrast[0, :n].tolist()]
+    per_group = {}
+    for g, heads in groups.items():
+        mats = [store[a][0, b, :n, :n] for a, b in heads]
+        per_group[g] = torch.stack(mats).mean(0).numpy() if mats else None
+    plot_attention_by_group(tokens, per_group, static)
+    heads = [(g, a, b) for g, hs in groups.items() for a, b in hs]
+    parts = [f"<h1>{loaded.name}: circuit heads' attention</h1>"]
+    for p in range(min(n_prompts, chunk.size)):
+        m = int(chunk.last[p]) + 1
+        toks = [loaded.tokenizer.decode([t]) for t in chunk.contrast[p, :m].tolist()]
+        if heads:
+            pats = torch.stack([store[a][p, b, :m, :m] for _, a, b in heads])
+            names = [f"{g} {a}.{b}" for g, a, b in heads]
+            parts.append(f"<h2>prompt {p}</h2>" + str(cv.attention.attention_heads(attention=pats, tokens=toks,
+                                                                                      attention_head_names=names)))
+    with atomic_path(html) as tmp:
+        Path(tmp).write_text("<html><body>" + "\n".join(parts) + "</body></html>")
+
+
+def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, paper_json: str, circuit: dict,
+                     device: str = "auto", threads: int | None = None) -> dict:
+    """Faithfulness F(C) against F(M), the paper's greedy completeness search and IOI's minimality
+    for the circuit of `circuit_file` on its cell."""
+    import json
+
+    from fi import circuit as fc
+    from fi.io import write_json
+
+    t0 = time.perf_counter()
+    found = json.loads(Path(circuit_file).read_text())
+    cell = found["cell"]
+    loaded = _load(model, device, threads)
+    cache, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], dataset, circuit)
+    groups = found["groups"]
+    everything = {"everywhere": [[a, b] for a in range(loaded.n_layers) for b in range(loaded.n_heads)]}
+    f_circuit, f_model, f_empty = fc.faithfulness_many(
+        loaded, cache, [(fc.circuit_heads(groups), ()), (fc.circuit_heads(everything), ()), ([], ())])
+    per_group = {g: fc.faithfulness(loaded, cache, {g: hs}) for g, hs in groups.items() if hs}
+    search = circuit["completeness"]
+    rollouts = fc.completeness_search(loaded, cache, groups, search["rollouts"], search["steps"],
+                                      search["candidates"], search["seed"])
+    minimal = fc.minimality(loaded, cache, groups, fc.knocked_sets(rollouts))
+    result = {"model": model["name"], "cell": cell, "n_examples": cache.data.size, "groups": groups,
+              "faithfulness": {"circuit": f_circuit, "model": f_model, "empty": f_empty, "by_group": per_group},
+              "completeness": rollouts, "minimality": minimal, "search": search,
+              "seconds": time.perf_counter() - t0}
+    write_json(result, output)
+    write_json(fc.paper_completeness_json(rollouts), paper_json)
+    log.info("%s: F(C) %.3f, F(M) %.3f, completeness max gap %.3f (%.1fs)", model["name"], f_circuit, f_model,
+             max([abs(r["difference"]) for r in rollouts] or [0.0]), result["seconds"])
+    return result
+
+
+def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], output: str, ablation: dict,
+                    batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+    """Per pair of families (A, B) of one model's circuits: the share of A's circuit heads in B's (per
+    group and over all), and A's FI heads ablated on B's cell (patch from the normal prompt) against
+    `ablation.n_random` random sets of the same size: the drop of cf_acc each causes."""
+    import json
+
+    from fi import circuit as fc
+    from fi.ablation import ablated_scores, random_head_sets
+
+    circuits = [json.loads(Path(p).read_text()) for p in circuit_files]
+    loaded = _load(model, device, threads)
+    records = {c["cell"]["task"]: read_jsonl(d) for c, d in zip(circuits, datasets)}
+    by_task = {c["cell"]["task"]: c for c in circuits}
+    base = {}
+    for task, c in by_task.items():
+        family = get_family(task)
+        v = family.parse_variant(c["cell"]["variant"])
+        base[task] = (family, v, float(ablated_scores(loaded, family, v, records[task], c["cell"]["shots"], [],
+                                                      batch_size=batch_size)["cf_correct"].mean()))
+    rows = []
+    for a, ca in by_task.items():
+        fi_heads = [tuple(h) for h in ca["groups"].get("function_induction", [])]
+        try:
+            randoms = (random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
+                                        ablation["seed"], exclude=fi_heads) if fi_heads else [])
+        except ValueError:  # too few heads outside the set (a tiny model): no random baseline
+            randoms = []
+        for b, cb in by_task.items():
+            family, v, cf_base = base[b]
+            shots = cb["cell"]["shots"]
+
+            def drop(heads, family=family, v=v, shots=shots, b=b, cf_base=cf_base):
+                df = ablated_scores(loaded, family, v, records[b], shots, heads, "patch", batch_size)
+                return cf_base - float(df["cf_correct"].mean())
+            share = fc.overlap(ca["groups"], cb["groups"])
+            rows.append({"model": model["name"], "family_a": a, "family_b": b, "cell_b": cb["cell"]["variant"],
+                         **{f"overlap_{g}": s for g, s in share.items()}, "fi_heads_a": json.dumps(fi_heads),
+                         "cf_acc_b": cf_base,
+                         "fi_ablation_cf_drop": drop(fi_heads) if fi_heads else float("nan"),
+                         "random_ablation_cf_drop": (sum(drop(s) for s in randoms) / len(randoms)) if randoms
+                         else float("nan")})
+    out = pd.DataFrame(rows)
+    write_parquet(out, output)
+    return out
+
+
+def aggregate_circuits(circuits: list[str], evaluations: list[str], overlaps: list[str], heads_table: str,
+                       evaluation_table: str, overlap_table: str) -> None:
+    """Tables of every circuit head (with group and numbers), every circuit evaluation (long rows:
+    kind, subject, measure, value) and every overlap row."""
+    import json
+
+    heads, evals = [], []
+    for p in circuits:
+        c = json.loads(Path(p).read_text())
+        group_of = {tuple(h): g for g, hs in c["groups"].items() for h in hs}
+        for h in c["heads"]:
+            heads.append({"model": c["model"], **{f"cell_{k}": v for k, v in c["cell"].items()}, **h,
+                          "group": group_of.get((h["layer"], h["head"]), ""), "source": c["source"]})
+    for p in evaluations:
+        e = json.loads(Path(p).read_text())
+        f = e["faithfulness"]
+        key = {"model": e["model"], "task": e["cell"]["task"], "variant": e["cell"]["variant"], "shots": e["cell"]["shots"]}
+        evals += [{**key, "kind": "faithfulness", "subject": s, "measure": "F", "group": "", "value": f[s]}
+                  for s in ("model", "circuit", "empty")]
+        evals += [{**key, "kind": "faithfulness", "subject": g, "measure": "F", "group": g, "value": v}
+                  for g, v in f["by_group"].items()]
+        for r in e["completeness"]:
+            evals += [{**key, "kind": "completeness", "subject": str(r["rollout"]), "measure": m, "group": "",
+                       "value": r[m]} for m in ("f_model_minus_k", "f_circuit_minus_k", "difference")]
+        evals += [{**key, "kind": "minimality", "subject": f"{m['layer']}.{m['head']}", "measure": "change",
+                   "group": m["group"], "value": m["change"]} for m in e["minimality"]]
+    write_parquet(pd.DataFrame(heads), heads_table)
+    write_parquet(pd.DataFrame(evals), evaluation_table)
+    table = pd.concat([pd.read_parquet(p) for p in overlaps], ignore_index=True) if overlaps else pd.DataFrame()
+    write_parquet(table, overlap_table)
+
+
+def plot_circuits(evaluation_table: str, overlap_table: str, evaluation_plot: str, overlap_plot: str,
+                  plots: dict) -> None:
+    from fi.plots import plot_circuit_evaluation, plot_circuit_overlap
+
+    plot_circuit_evaluation(pd.read_parquet(evaluation_table), evaluation_plot, dpi=plots["dpi"])
+    plot_circuit_overlap(pd.read_parquet(overlap_table), overlap_plot, dpi=plots["dpi"])

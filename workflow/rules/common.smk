@@ -73,7 +73,7 @@ def all_outputs():
     out += [PATHS["heads_plot"].format(model=m, ext=PLOT_FORMAT) for m in MODELS]
     if ABLATION_CELLS:
         out += [PATHS["ablation_table"], PATHS["ablation_plot"].format(ext=PLOT_FORMAT)]
-    return out
+    return out + circuit_outputs()
 
 
 # ---- input functions --------------------------------------------------------------------------
@@ -230,3 +230,59 @@ def gguf_inputs(wildcards):
     """An assembled .gguf is a job output; a file or a package's own .gguf is tracked by its sha256."""
     src = GGUF_SOURCES[wildcards.model]
     return {"gguf": src.file} if src.assembled else {}
+
+
+# ---- the circuit (workflow/rules/circuit.smk, fi.circuit) ------------------------------------------
+# Circuits are found on every attribution cell (the discovery cell, and attribution.cells: one per
+# family gives the cross-task overlap); evaluated on the discovery cell.
+CIRCUIT = config["circuit"]
+CIRCUIT_CELLS = ATTRIBUTION_CELLS if CIRCUIT["enabled"] else []
+
+
+def circuit_outputs():
+    if not CIRCUIT_CELLS:
+        return []
+    out = [
+        PATHS["circuit_heads_table"],
+        PATHS["circuit_evaluation_table"],
+        PATHS["circuit_overlap_table"],
+        PATHS["circuit_evaluation_plot"].format(ext=PLOT_FORMAT),
+        PATHS["circuit_overlap_plot"].format(ext=PLOT_FORMAT),
+    ]
+    for c in CIRCUIT_CELLS:
+        out += [
+            PATHS["circuit_diagram"].format(**vars(c), ext=PLOT_FORMAT),
+            PATHS["circuit_attention_plot"].format(**vars(c), ext=PLOT_FORMAT),
+        ]
+    return out
+
+
+def circuit_cell_of(wildcards):
+    """The model's discovery cell (its circuit is evaluated there)."""
+    return discovery_cell(config, wildcards.model)
+
+
+def circuit_evaluation_inputs(wildcards):
+    c = circuit_cell_of(wildcards)
+    return {
+        **model_inputs(wildcards),
+        "circuit": PATHS["circuit"].format(**vars(c)),
+        "dataset": dataset_path(c.task, c.variant),
+    }
+
+
+def circuit_overlap_inputs(wildcards):
+    cells = [c for c in CIRCUIT_CELLS if c.model == wildcards.model]
+    return {
+        **model_inputs(wildcards),
+        "circuits": [PATHS["circuit"].format(**vars(c)) for c in cells],
+        "datasets": [dataset_path(c.task, c.variant) for c in cells],
+    }
+
+
+def explicit_groups(wildcards):
+    return CIRCUIT["groups"].get(MODELS[wildcards.model].name)
+
+
+def circuit_params(wildcards):
+    return {k: v for k, v in CIRCUIT.items() if k not in ("groups", "enabled")}

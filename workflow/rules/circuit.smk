@@ -1,0 +1,117 @@
+# The paper's circuit (fi/circuit.py): three head groups by iterated path patching on every
+# attribution cell, the circuit's evaluation on the discovery cell, and the cross-task overlap.
+
+
+rule find_circuit:
+    input:
+        unpack(model_inputs),
+        dataset=PATHS["dataset"],
+    output:
+        circuit=PATHS["circuit"],
+        diagram=report(
+            PATHS["circuit_diagram"].replace("{ext}", PLOT_FORMAT),
+            caption="../report/circuit.rst",
+            category="Circuit",
+        ),
+        attention_plot=PATHS["circuit_attention_plot"].replace("{ext}", PLOT_FORMAT),
+        attention_html=PATHS["circuit_attention_html"],
+    log:
+        "logs/find_circuit/{model}/{task}/{variant}/shots{shots}.log",
+    conda:
+        "../../envs/fi.yaml"
+    threads: 1
+    resources:
+        **model_resources("find_circuit"),
+    params:
+        code=code_hash("find_circuit"),
+        model=model_params,
+        circuit=circuit_params,
+        explicit=explicit_groups,
+    script:
+        "../scripts/find_circuit.py"
+
+
+rule evaluate_circuit:
+    input:
+        unpack(circuit_evaluation_inputs),
+    output:
+        evaluation=PATHS["circuit_evaluation"],
+        completeness=PATHS["circuit_completeness"],
+    log:
+        "logs/evaluate_circuit/{model}.log",
+    conda:
+        "../../envs/fi.yaml"
+    threads: 1
+    resources:
+        **model_resources("evaluate_circuit"),
+    params:
+        code=code_hash("evaluate_circuit"),
+        model=model_params,
+        circuit=circuit_params,
+    script:
+        "../scripts/evaluate_circuit.py"
+
+
+rule circuit_overlap:
+    input:
+        unpack(circuit_overlap_inputs),
+    output:
+        PATHS["circuit_overlap"],
+    log:
+        "logs/circuit_overlap/{model}.log",
+    conda:
+        "../../envs/fi.yaml"
+    threads: 1
+    resources:
+        **model_resources("circuit_overlap", batched=True),
+    params:
+        code=code_hash("circuit_overlap"),
+        model=model_params,
+        ablation=config_slice("ablation"),
+    script:
+        "../scripts/circuit_overlap.py"
+
+
+rule aggregate_circuits:
+    input:
+        circuits=[PATHS["circuit"].format(**vars(c)) for c in CIRCUIT_CELLS],
+        evaluations=[PATHS["circuit_evaluation"].format(model=m) for m in MODELS],
+        overlaps=[PATHS["circuit_overlap"].format(model=m) for m in MODELS],
+    output:
+        heads=PATHS["circuit_heads_table"],
+        evaluation=PATHS["circuit_evaluation_table"],
+        overlap=PATHS["circuit_overlap_table"],
+    log:
+        "logs/aggregate_circuits.log",
+    conda:
+        "../../envs/fi.yaml"
+    params:
+        code=code_hash("aggregate_circuits"),
+    script:
+        "../scripts/aggregate_circuits.py"
+
+
+rule plot_circuits:
+    input:
+        evaluation=PATHS["circuit_evaluation_table"],
+        overlap=PATHS["circuit_overlap_table"],
+    output:
+        evaluation=report(
+            PATHS["circuit_evaluation_plot"].replace("{ext}", PLOT_FORMAT),
+            caption="../report/circuit.rst",
+            category="Circuit",
+        ),
+        overlap=report(
+            PATHS["circuit_overlap_plot"].replace("{ext}", PLOT_FORMAT),
+            caption="../report/circuit.rst",
+            category="Circuit",
+        ),
+    log:
+        "logs/plot_circuits.log",
+    conda:
+        "../../envs/fi.yaml"
+    params:
+        code=code_hash("plot_circuits"),
+        plots=PLOT_DPI,
+    script:
+        "../scripts/plot_circuits.py"
