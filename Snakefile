@@ -37,6 +37,7 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/parity.smk"
 include: "workflow/rules/dynamics.smk"
+include: "workflow/rules/function_vectors.smk"
 
 
 # Light jobs that read finished tables: on a cluster (profiles/slurm) they run in the main
@@ -49,6 +50,8 @@ localrules:
     plot_accuracy,
     plot_heads,
     plot_ablation,
+    aggregate_function_vectors,
+    plot_function_vectors,
 
 
 rule all:
