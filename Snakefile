@@ -38,6 +38,7 @@ include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/plots.smk"
 include: "workflow/rules/parity.smk"
 include: "workflow/rules/dynamics.smk"
+include: "workflow/rules/function_vectors.smk"
 
 
 # Light jobs that read finished tables: on a cluster (profiles/slurm) they run in the main
@@ -52,6 +53,8 @@ localrules:
     plot_ablation,
     aggregate_circuits,
     plot_circuits,
+    aggregate_function_vectors,
+    plot_function_vectors,
 
 
 rule all:

@@ -42,10 +42,14 @@ PATHS = {
     "predictions_table": "results/tables/predictions.parquet",
     "head_attribution_table": "results/tables/head_attribution.parquet",
     "ablation_table": "results/tables/ablation.parquet",
+    "function_vectors": "results/function_vectors/{model}.parquet",
+    "function_vectors_table": "results/tables/function_vectors.parquet",
+    "function_vector_effects_table": "results/tables/function_vector_effects.parquet",
     "parity_table": "results/tables/parity.csv",
     "accuracy_plot": "results/plots/accuracy_{task}.{ext}",
     "heads_plot": "results/plots/heads_{model}.{ext}",
     "ablation_plot": "results/plots/task_generalization.{ext}",
+    "function_vectors_plot": "results/plots/function_vectors_{model}.{ext}",
 }
 
 # A model name is a HF / TransformerLens name ("org/model") or a plain label: letters, digits, '.',
@@ -199,3 +203,16 @@ def heads_path(mid: str) -> str:
 
 def head_types_path(mid: str) -> str:
     return PATHS["head_types"].format(model=mid)
+
+
+def function_vector_datasets(config: dict) -> list[str]:
+    """The addition datasets whose contrast prompts give the function vectors, in the order of
+    function_vectors.offsets."""
+    fv = config["function_vectors"]
+    return [dataset_path("addition", f"{fv['setting']}_nmax{fv['nmax']}_offset{k}") for k in fv["offsets"]]
+
+
+def function_vectors_enabled(config: dict) -> bool:
+    """Function vectors are in the default target when enabled and addition is a configured task
+    (its datasets are made by the dataset rule only then)."""
+    return bool(config["function_vectors"]["enabled"]) and "addition" in task_names(config)

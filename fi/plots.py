@@ -319,6 +319,61 @@ def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> No
         sns.barplot(long, x="pair", y="cf_acc drop", hue="ablated", ax=row[1])
         row[1].tick_params(axis="x", labelrotation=30, labelsize=7)
         row[1].set(title="ablating A's FI heads on B (patch from normal)")
+
+
+def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: str, dpi: int = 120) -> None:
+    """One model's function vectors (fi.function_vectors): per offset k (rows), 10 x 10 input x output
+    heatmaps of the digit-logit shift for each FI head and all FI heads together at scale 1 (or the
+    scale nearest 1), then the scale sweep of the +k effect; a last row with each head's share of the
+    all-heads +k effect and the all-heads effect against the measured offset j (does +k move by k)."""
+    import numpy as np
+
+    if shifts.empty:
+        raise ValueError("no function-vector rows to plot")
+    scales = sorted(shifts["scale"].unique())
+    at = min(scales, key=lambda s: (abs(s - 1.0), -s))
+    offsets = sorted(shifts["offset"].unique())
+    sets = list(dict.fromkeys(shifts["heads"]))  # single heads first, then "all"
+    ncols = len(sets) + 1
+    sns.set_theme(style="white", context="paper")
+    fig, axes = plt.subplots(len(offsets) + 1, ncols, figsize=(3.0 * ncols, 2.7 * (len(offsets) + 1)), squeeze=False)
+    sub = shifts[shifts["scale"] == at]
+    lim = max(1e-6, float(np.nanmax(np.abs(sub["shift"])))) if not sub.empty else 1.0
+    for r, k in enumerate(offsets):
+        for c, label in enumerate(sets):
+            ax = axes[r][c]
+            g = sub[(sub["offset"] == k) & (sub["heads"] == label)]
+            grid = g.pivot_table(index="input", columns="output", values="shift").reindex(index=range(10),
+                                                                                           columns=range(10))
+            sns.heatmap(grid, ax=ax, cmap="RdBu_r", vmin=-lim, vmax=lim, center=0, cbar=c == len(sets) - 1,
+                        square=True)
+            for i in range(10):  # the +k diagonal
+                if 0 <= i + k <= 9:
+                    ax.add_patch(plt.Rectangle((i + k, i), 1, 1, fill=False, edgecolor="black", lw=0.8))
+            name = "all FI heads" if label == "all" else f"head {label}"
+            ax.set_title(f"k={k:+d} vector of {name}, x{at:g}", fontsize=8)
+            ax.set_xlabel("output digit", fontsize=7)
+            ax.set_ylabel("input i", fontsize=7)
+        ax = axes[r][-1]
+        e = effects[(effects["offset"] == k) & (effects["measured_offset"] == k)]
+        sns.lineplot(data=e, x="scale", y="effect", hue="heads", hue_order=sets, marker="o", ax=ax, legend=r == 0)
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set_title(f"+k effect (k={k:+d}) against scale", fontsize=8)
+    ax = axes[-1][0]
+    shares = effects[effects["share"].notna() & (effects["scale"] == at)]
+    if not shares.empty:
+        sns.barplot(data=shares, x="offset", y="share", hue="heads", ax=ax)
+        ax.axhline(1, color="grey", lw=0.6, ls=":")
+    ax.set_title(f"share of the all-heads +k effect (x{at:g})", fontsize=8)
+    ax = axes[-1][1]
+    e = effects[(effects["heads"] == "all") & (effects["scale"] == at)]
+    sns.lineplot(data=e, x="measured_offset", y="effect", hue="offset", marker="o", palette="coolwarm", ax=ax)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_title(f"all FI heads (x{at:g}): +j effect of each k vector", fontsize=8)
+    for ax in axes[-1][2:]:
+        ax.axis("off")
+    fig.suptitle(f"{shifts['model'].iloc[0]}: function vectors of the FI heads "
+                 f"(digit-logit shift, patched - clean; boxed: input + k)", y=1.0)
     fig.tight_layout()
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])

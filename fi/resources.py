@@ -12,7 +12,7 @@ MODEL_RESOURCE_DEFAULTS = {"gpus": 0, "mem_mb": 4000, "runtime": 30}
 # evaluates the cell once per head set.
 RULE_RESOURCE_SCALE = {"evaluate": (1, 1), "head_types": (1, 1), "discover_heads": (1, 1), "ablate": (1, 2),
                        "attribute": (2, 4), "parity": (1, 1), "find_circuit": (2, 4), "evaluate_circuit": (2, 4),
-                       "circuit_overlap": (1, 2)}
+                       "circuit_overlap": (1, 2), "function_vectors": (1, 1)}
 
 
 def job_resources(entry: ModelEntry, rule: str, attempt: int = 1) -> dict:

@@ -498,3 +498,60 @@ def plot_circuits(evaluation_table: str, overlap_table: str, evaluation_plot: st
 
     plot_circuit_evaluation(pd.read_parquet(evaluation_table), evaluation_plot, dpi=plots["dpi"])
     plot_circuit_overlap(pd.read_parquet(overlap_table), overlap_plot, dpi=plots["dpi"])
+
+
+# ---- function vectors (the paper's section 3) -------------------------------------------------------
+
+def function_vectors(model: dict, heads_file: str, datasets: list[str], output: str, params: dict,
+                     device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+    """The FI heads' function vectors (fi.function_vectors): per offset k in params["offsets"] (its
+    contrast prompts in datasets[i], in the same order), each head's mean output at the query, added
+    at scale params["scales"] to the naive prompts; one row per (offset, head set, scale, input digit,
+    output digit) with the digit logit's shift (fi.function_vectors.SHIFT_COLUMNS)."""
+    import json
+
+    from fi.function_vectors import SHIFT_COLUMNS, function_vector_shifts
+    from fi.function_vectors import function_vectors as vectors_of
+    from fi.patching import build_patching_data
+
+    loaded = _load(model, device, threads)
+    heads = [tuple(h) for h in json.loads(Path(heads_file).read_text())["heads"]]
+    family = get_family("addition")
+    offsets = [int(k) for k in params["offsets"]]
+    if len(datasets) != len(offsets):
+        raise ValueError(f"function_vectors: {len(datasets)} datasets for offsets {offsets}")
+    t0 = time.perf_counter()
+    vectors, n_prompts = {}, {}
+    for k, path in zip(offsets, datasets):
+        v = family.parse_variant(f"{params['setting']}_nmax{params['nmax']}_offset{k}")
+        data = build_patching_data(loaded, family, v, read_jsonl(path), int(params["shots"]), params["max_examples"])
+        vectors[k] = vectors_of(loaded, data, heads, params["batch_size"])
+        n_prompts[k] = data.size
+    out = function_vector_shifts(loaded, vectors, heads, params["scales"])
+    out.insert(0, "model", model["name"])
+    out["n_prompts"] = out["offset"].map(n_prompts)
+    out["setting"], out["nmax"], out["shots"] = params["setting"], int(params["nmax"]), int(params["shots"])
+    out = out[SHIFT_COLUMNS]
+    write_parquet(out, output)
+    log.info("%s: function vectors of heads %s at offsets %s, scales %s: %d rows, %.1fs", model["name"], heads,
+             offsets, list(params["scales"]), len(out), time.perf_counter() - t0)
+    return out
+
+
+def aggregate_function_vectors(tables: list[str], output: str, effects_output: str) -> pd.DataFrame:
+    """Every model's shift table in one, and the derived +j effects and head shares
+    (fi.function_vectors.effects) in `effects_output`."""
+    from fi.function_vectors import effects
+
+    table = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
+    write_parquet(table, output)
+    write_parquet(effects(table), effects_output)
+    return table
+
+
+def plot_function_vectors(table: str, output: str, plots: dict) -> None:
+    from fi.function_vectors import effects
+    from fi.plots import plot_function_vectors as plot
+
+    shifts = pd.read_parquet(table)
+    plot(shifts, effects(shifts), output, dpi=plots["dpi"])

@@ -14,7 +14,7 @@ import pandas as pd
 from tests.workflow_helpers import TINY_CONFIG, job_stats, snakemake, write_config
 
 # Two task families (so a change to one can be shown not to touch the other), one variant each, one
-# shot count: 17 jobs, about 1-2 minutes on 2 cores.
+# shot count, no function vectors: 17 jobs, about 1-2 minutes on 2 cores.
 BASE_CONFIG = {
     "models": TINY_CONFIG["models"],
     "tasks": {
@@ -23,6 +23,9 @@ BASE_CONFIG = {
     },
     "shots": [2],
     "ablation": {"shots": [2], "n_random": 1},
+    # the job sets of test_incremental / test_slurm are of the grid without function vectors
+    # (their offsets would add datasets); tests/test_function_vectors.py covers the stage
+    "function_vectors": {"enabled": False}, "circuit": {"enabled": False},
 }
 TABLES = ("accuracy", "predictions", "head_attribution", "ablation")
 

@@ -22,6 +22,8 @@ from fi.grid import (
     dataset_path,
     discovery_cell,
     eval_path,
+    function_vector_datasets,
+    function_vectors_enabled,
     head_types_path,
     heads_path,
     models,
@@ -60,6 +62,9 @@ ABLATION_CELLS = ablation_cells(config)
 PLOT_FORMAT = config["plots"]["format"]
 # the options of the head and ablation plots (the reference curves are for accuracy plots only)
 PLOT_DPI = {"dpi": config["plots"]["dpi"]}
+# function vectors (workflow/rules/function_vectors.smk): the addition datasets of their offsets
+FV_ENABLED = function_vectors_enabled(config)
+FV_DATASETS = function_vector_datasets(config)
 
 
 def all_outputs():
@@ -73,6 +78,9 @@ def all_outputs():
     out += [PATHS["heads_plot"].format(model=m, ext=PLOT_FORMAT) for m in MODELS]
     if ABLATION_CELLS:
         out += [PATHS["ablation_table"], PATHS["ablation_plot"].format(ext=PLOT_FORMAT)]
+    if FV_ENABLED:
+        out += [PATHS["function_vectors_table"], PATHS["function_vector_effects_table"]]
+        out += [PATHS["function_vectors_plot"].format(model=m, ext=PLOT_FORMAT) for m in MODELS]
     return out + circuit_outputs()
 
 

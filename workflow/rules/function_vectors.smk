@@ -1,0 +1,62 @@
+# Function vectors (the paper's section 3): the FI heads' mean output at the query of off-by-k
+# prompts, added to naive prompts; per model, then one table and one figure per model.
+
+
+rule function_vectors:
+    input:
+        unpack(model_inputs),
+        heads=PATHS["heads"],
+        datasets=FV_DATASETS,
+    output:
+        PATHS["function_vectors"],
+    log:
+        "logs/function_vectors/{model}.log",
+    conda:
+        "../../envs/fi.yaml"
+    threads: 1
+    resources:
+        **model_resources("function_vectors"),
+    params:
+        code=code_hash("function_vectors"),
+        model=model_params,
+        function_vectors=config_slice("function_vectors", "enabled"),
+    script:
+        "../scripts/function_vectors.py"
+
+
+rule aggregate_function_vectors:
+    input:
+        [PATHS["function_vectors"].format(model=m) for m in MODELS],
+    output:
+        table=PATHS["function_vectors_table"],
+        effects=PATHS["function_vector_effects_table"],
+    log:
+        "logs/aggregate_function_vectors.log",
+    conda:
+        "../../envs/fi.yaml"
+    params:
+        code=code_hash("aggregate_function_vectors"),
+    script:
+        "../scripts/aggregate_function_vectors.py"
+
+
+rule plot_function_vectors:
+    input:
+        PATHS["function_vectors"],
+    output:
+        report(
+            PATHS["function_vectors_plot"],
+            caption="../report/function_vectors.rst",
+            category="Function vectors",
+        ),
+    log:
+        "logs/plot_function_vectors/{model}.{ext}.log",
+    wildcard_constraints:
+        ext="png|pdf|svg",
+    conda:
+        "../../envs/fi.yaml"
+    params:
+        code=code_hash("plot_function_vectors"),
+        plots=PLOT_DPI,
+    script:
+        "../scripts/plot_function_vectors.py"
