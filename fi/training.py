@@ -292,7 +292,7 @@ def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, prog
             active = [c for c in clamps if c.covers(step)]
             if active:
                 if clamped is None:
-                    from fi.dynamics import ClampedForward
+                    from fi.clamping import ClampedForward
 
                     clamped = ClampedForward(model, tokenizer)
                 logits = clamped(tokens, active)[:, :-1]

@@ -14,7 +14,7 @@ from tests.conftest import REPO
 
 SCRIPTS = REPO / "workflow" / "scripts"
 RULE_SCRIPTS = sorted(p.stem for p in SCRIPTS.glob("*.py"))
-MODEL_STAGES = {"evaluate", "discover_heads", "ablate"}  # the stages that run fi.evaluation
+MODEL_STAGES = {"evaluate", "discover_heads", "ablate", "circuit_overlap", "dynamics_measure"}  # the stages that run fi.evaluation
 
 
 def covered(rule: str) -> list[str]:
@@ -72,7 +72,8 @@ def append(path: Path, text: str):
 
 def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_copy):
     assert changed_by(append(package_copy / "evaluation.py", "\n# edited\n")) == MODEL_STAGES
-    assert changed_by(append(package_copy / "plots.py", "\n# edited\n")) == {"plot_accuracy", "plot_heads", "plot_ablation"}
+    assert changed_by(append(package_copy / "plots.py", "\n# edited\n")) == {
+        "plot_accuracy", "plot_heads", "plot_ablation", "plot_circuits", "plot_function_vectors", "find_circuit"}
     assert changed_by(append(package_copy / "io.py", "\n# edited\n")) == set(RULE_SCRIPTS)  # every stage writes with it
 
     stages = package_copy / "stages.py"
@@ -89,8 +90,8 @@ def test_a_new_module_is_picked_up_where_it_is_imported(package_copy):
     assert not any("fi/engine.py" in covered(r) for r in RULE_SCRIPTS)  # nothing imports it yet
     ablation = package_copy / "ablation.py"
     ablation.write_text(ablation.read_text() + "\n\ndef _uses_engine():\n    from fi.engine import run\n\n    return run()\n")
-    assert {r for r in RULE_SCRIPTS if "fi/engine.py" in covered(r)} == {"discover_heads", "ablate"}
-    assert changed_by(append(package_copy / "engine.py", "# edited\n")) == {"discover_heads", "ablate"}
+    assert {r for r in RULE_SCRIPTS if "fi/engine.py" in covered(r)} == {"discover_heads", "ablate", "circuit_overlap"}
+    assert changed_by(append(package_copy / "engine.py", "# edited\n")) == {"discover_heads", "ablate", "circuit_overlap"}
 
 
 def test_the_package_init_holds_no_code():
