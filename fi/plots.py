@@ -319,6 +319,10 @@ def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> No
         sns.barplot(long, x="pair", y="cf_acc drop", hue="ablated", ax=row[1])
         row[1].tick_params(axis="x", labelrotation=30, labelsize=7)
         row[1].set(title="ablating A's FI heads on B (patch from normal)")
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)
 
 
 def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: str, dpi: int = 120) -> None:
