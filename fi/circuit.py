@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from fi.interventions import Intervention, pattern_hook, z_hook
+from fi.io import progress
 from fi.patching import Receiver, RunCache, path_patching, run_with_interventions
 from fi.readout import run_to_final_resid
 
@@ -107,7 +108,7 @@ def iterated_path_patching(model, cache: RunCache, threshold: float = 0.05, dept
     done: set[Head] = set()
     for _ in range(1, depth):
         found: list[tuple[Head, float]] = []
-        for head in frontier:
+        for head in progress(frontier, "path patching to receivers"):
             done.add(head)
             if head[0] == 0:
                 continue  # nothing below layer 0 to feed it
@@ -240,7 +241,7 @@ def completeness_search(model, cache: RunCache, circuit: Circuit, rollouts: int 
     rng = random.Random(seed)
     members = circuit_heads(circuit)
     out = []
-    for r in range(rollouts):
+    for r in progress(range(rollouts), "completeness rollouts"):
         knocked: list[tuple[Head, str]] = []
         trace = []
         for _ in range(min(steps, len(members))):

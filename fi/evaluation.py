@@ -21,6 +21,7 @@ import torch
 
 from fi.answers import answer_token_ids, answer_vocabulary, first_difference
 from fi.interventions import hooks_for
+from fi.io import progress
 from fi.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
 from fi.tasks import Example
 
@@ -124,7 +125,7 @@ def run_inputs(model, inputs: Sequence[ModelInput], vocab: torch.Tensor, batch_s
     vocab_dev = vocab.to(model.device)
     restricted: list = [None] * len(inputs)
     captured: dict = {}
-    for idx in batches(inputs, batch_size):
+    for idx in progress(batches(inputs, batch_size), "batches"):
         batch = [inputs[i] for i in idx]
         tokens, _ = model.right_pad([b.tokens for b in batch])
         hooks = hooks_for(interventions(batch, tokens.shape[1])) if interventions else []

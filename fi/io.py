@@ -93,3 +93,11 @@ def write_parquet(df, path: str | os.PathLike) -> None:
 def write_csv(df, path: str | os.PathLike) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=False)
+
+
+def progress(iterable, desc: str, total: int | None = None):
+    """tqdm progress for a long loop, written to stderr (a job's log) even when it is no terminal;
+    at most one line every 10 s."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, mininterval=10, disable=False)

@@ -36,6 +36,7 @@ import torch
 
 from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
 from fi.interventions import Intervention, by_layer, hooks_for, qkv_hook, z_hook
+from fi.io import progress
 from fi.readout import ROUTE_RTOL, residual_readout_holds, run_to_final_resid, unembed_tokens
 
 RECEIVER_OUTPUT = "output"
@@ -309,7 +310,7 @@ def build_cache(model, data: PatchingData, route: Route | None = None, batch_siz
     wanted = set(names if names is not None else cache_names(model.n_layers))
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
     normal, contrast, ld_n, ld_c = [], [], [], []
-    for chunk in chunks:
+    for chunk in progress(chunks, "normal and contrast runs"):
         acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
         normal.append(acts)
         ld_n.append(ld)
@@ -324,27 +325,34 @@ def build_cache(model, data: PatchingData, route: Route | None = None, batch_siz
 
 def run_with_interventions(model, cache: RunCache, i: int, variants: Sequence[Sequence[Intervention]],
                            start_at_layer: int | None = None, extra_hooks: Sequence = (),
-                           stop_at_layer: int | None = None) -> torch.Tensor:
+                           stop_at_layer: int | None = None, last_position_only: bool = False) -> torch.Tensor:
     """LD [V, B] of chunk i's contrast prompt run once per variant, stacked along the batch: variant
     v's interventions (given for one chunk's B rows) act on rows v*B..(v+1)*B.
 
     With `start_at_layer`, the runs start at that layer from the cached contrast residual (exact when
-    no variant changes anything below it). With `stop_at_layer`, the run stops before that layer and
-    nothing is read (returns None): `extra_hooks` then capture what is wanted."""
+    no variant changes anything below it). With `last_position_only` as well, only the read position's
+    residual goes in (one position per row: exact when every head's output is fixed by the
+    interventions, since attention then moves nothing between positions; interventions are given at
+    that one position). With `stop_at_layer`, the run stops before that layer and nothing is read
+    (returns None): `extra_hooks` then capture what is wanted."""
     chunk = cache.chunks[i]
     b, n_var = chunk.size, len(variants)
     interventions = [replace(iv, rows=slice(v * b, (v + 1) * b)) for v, ivs in enumerate(variants) for iv in ivs]
     hooks = hooks_for(interventions) + list(extra_hooks)
-    if start_at_layer:
-        inputs = cache.contrast[i][f"blocks.{start_at_layer}.hook_resid_pre"].repeat(n_var, 1, 1)
+    last = chunk.last
+    if start_at_layer is not None:
+        resid = cache.contrast[i][f"blocks.{start_at_layer}.hook_resid_pre"]
+        if last_position_only:
+            resid, last = resid[torch.arange(b), chunk.last][:, None], torch.zeros_like(chunk.last)
+        inputs = resid.repeat(n_var, 1, 1)
     else:
-        inputs, start_at_layer = chunk.contrast.to(model.device).repeat(n_var, 1), None
+        inputs = chunk.contrast.to(model.device).repeat(n_var, 1)
     with torch.inference_mode():
         if stop_at_layer is not None:
             kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
             model.bridge.run_with_hooks(inputs, fwd_hooks=hooks, stop_at_layer=stop_at_layer, **kwargs)
             return None
-        ld = read_ld(model, cache.route, inputs, hooks, chunk.last.repeat(n_var), chunk.normal_answer.repeat(n_var),
+        ld = read_ld(model, cache.route, inputs, hooks, last.repeat(n_var), chunk.normal_answer.repeat(n_var),
                      chunk.contrast_answer.repeat(n_var), start_at_layer)
     return ld.float().cpu().reshape(n_var, b)
 
@@ -372,7 +380,7 @@ def activation_patching(model, cache: RunCache, group: str | None = None, rows_p
     positions or at a position group's; normalised. Each layer's heads run from that layer on,
     starting from the cached contrast residual (layers below are the contrast run's)."""
     sums = []
-    for i, chunk in enumerate(cache.chunks):
+    for i, chunk in enumerate(progress(cache.chunks, f"activation patching ({group or 'all'})")):
         mask = chunk.groups[group].to(model.device) if group else None
         out = torch.zeros(cache.n_layers * cache.n_heads)
         for layer in range(cache.n_layers):
@@ -401,12 +409,19 @@ def patched_effect(model, cache: RunCache, heads: Sequence[Head], positions: dic
 
 # ---- path patching --------------------------------------------------------------------------------
 
-def _frozen(cache: RunCache, i: int, sender: Head, from_layer: int, to_layer: int) -> list[Intervention]:
+def _frozen(cache: RunCache, i: int, sender: Head, from_layer: int, to_layer: int,
+            at_last: bool = False) -> list[Intervention]:
     """Run 1 of path patching for one sender: every head of layers from_layer..to_layer-1 frozen to
-    its contrast value, the sender given its normal value."""
+    its contrast value, the sender given its normal value (at every position, or with `at_last` at
+    the read position only, for runs of that one position)."""
     layer, head = sender
-    ivs = [Intervention.patch(z_hook(lyr), cache.contrast[i][z_hook(lyr)]) for lyr in range(from_layer, to_layer)]
-    return ivs + [Intervention.patch(z_hook(layer), cache.normal[i][z_hook(layer)], heads=[head])]
+    chunk = cache.chunks[i]
+
+    def z(run, lyr):
+        act = cache.source(run, i)[z_hook(lyr)]
+        return act[torch.arange(chunk.size), chunk.last][:, None] if at_last else act
+    ivs = [Intervention.patch(z_hook(lyr), z("contrast", lyr)) for lyr in range(from_layer, to_layer)]
+    return ivs + [Intervention.patch(z_hook(layer), z("normal", layer), heads=[head])]
 
 
 def path_patching(model, cache: RunCache, receiver: Receiver | str = RECEIVER_OUTPUT,
@@ -422,15 +437,17 @@ def path_patching(model, cache: RunCache, receiver: Receiver | str = RECEIVER_OU
     if receiver.is_output and cache.route.analytic_output_path:
         return _per_head_mean(cache, (_path_output_analytic(model, cache, i) for i in range(len(cache.chunks))))
     sums = []
-    for i, chunk in enumerate(cache.chunks):
+    for i, chunk in enumerate(progress(cache.chunks, f"path patching -> {receiver}")):
         out = torch.zeros(cache.n_layers * cache.n_heads)
         for layer in range(cache.n_layers):
             if not receiver.is_output and layer >= receiver.layer:
                 continue  # cannot reach the receiver's input: no effect (set exactly below)
             for block in _blocks(list(range(cache.n_heads)), chunk.size, rows_per_pass):
                 if receiver.is_output:
-                    variants = [_frozen(cache, i, (layer, h), layer, cache.n_layers) for h in block]
-                    ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer)
+                    # every head frozen: the read position evolves alone, so run 1 needs only it
+                    variants = [_frozen(cache, i, (layer, h), layer, cache.n_layers, at_last=True) for h in block]
+                    ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer,
+                                                last_position_only=True)
                 else:
                     ld = _path_to_head(model, cache, i, layer, block, receiver)
                 out[[layer * cache.n_heads + h for h in block]] = ld.sum(1)
@@ -514,7 +531,7 @@ def attribution_patching(model, cache: RunCache) -> torch.Tensor:
     the weights (frozen for the pass), and LD is read through the route (final residual, two
     unembedding rows). Its normal z comes from the cache."""
     total = torch.zeros(cache.n_layers, cache.n_heads)
-    for i, chunk in enumerate(cache.chunks):
+    for i, chunk in enumerate(progress(cache.chunks, "attribution patching")):
         alphas = {}
 
         def along_delta(layer):

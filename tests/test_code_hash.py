@@ -14,7 +14,8 @@ from tests.conftest import REPO
 
 SCRIPTS = REPO / "workflow" / "scripts"
 RULE_SCRIPTS = sorted(p.stem for p in SCRIPTS.glob("*.py"))
-MODEL_STAGES = {"evaluate", "discover_heads", "ablate", "circuit_overlap", "dynamics_measure"}  # the stages that run fi.evaluation
+# the stages that run fi.evaluation
+MODEL_STAGES = {"evaluate", "discover_heads", "ablate", "circuit_overlap", "dynamics_measure"}
 
 
 def covered(rule: str) -> list[str]:
