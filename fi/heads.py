@@ -5,9 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from fi.interventions import pattern_hook
-from fi.readout import run_to_final_resid
-
 HEAD_TYPES = ("previous_token", "duplicate_token", "induction")
 
 
@@ -26,19 +23,13 @@ def head_type_scores(model, seq_len: int = 20, n_seqs: int = 32, seed: int = 0, 
     parts = ([torch.full((n_seqs, 1), bos)] if bos is not None else []) + [rand, rand]
     tokens = torch.cat(parts, dim=1).to(model.device)
     off = 1 if bos is not None else 0
-    patterns = {}
-
-    def keep(layer):
-        def hook(p, hook):
-            patterns[layer] = p
-            return p
-        return hook
-    with torch.inference_mode():  # the patterns only: the run stops before the unembedding
-        run_to_final_resid(model, tokens, [(pattern_hook(layer), keep(layer)) for layer in range(model.n_layers)])
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(model.n_layers)}
+    with torch.inference_mode():
+        _, cache = model.bridge.run_with_cache(tokens, names_filter=lambda n: n in names)
     rows = []
     second = torch.arange(off + seq_len, off + 2 * seq_len)
     for layer in range(model.n_layers):
-        pattern = patterns[layer].float()  # [B, H, T, T]
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"].float()  # [B, H, T, T]
         prev = pattern.diagonal(offset=-1, dim1=-2, dim2=-1)[..., off:].mean((0, -1))
         dup = pattern[:, :, second, second - seq_len].mean((0, -1))
         ind = pattern[:, :, second, second - seq_len + 1].mean((0, -1))
