@@ -394,15 +394,13 @@ def activation_patching(model, cache: RunCache, group: str | None = None, rows_p
     return _per_head_mean(cache, sums)
 
 
-def patched_effect(model, cache: RunCache, heads: Sequence[Head], positions: dict | None = None) -> float:
-    """Normalised effect of patching a *set* of heads' hook_z from the normal run at once (each head
-    at every position, or at the [B, T] mask `positions[(layer, head)]` of each chunk's rows: a
-    callable chunk -> mask)."""
+def patched_effect(model, cache: RunCache, heads: Sequence[Head]) -> float:
+    """Normalised effect of patching a *set* of heads' hook_z from the normal run at once, at every
+    position (fi.circuit patches by position)."""
     total = 0.0
-    for i, chunk in enumerate(cache.chunks):
-        ivs = [Intervention.patch(z_hook(layer), cache.normal[i][z_hook(layer)], heads=[h],
-                                  positions=None if positions is None else positions[(layer, h)](chunk))
-               for layer, hs in by_layer(heads).items() for h in hs]
+    for i in range(len(cache.chunks)):
+        ivs = [Intervention.patch(z_hook(layer), cache.normal[i][z_hook(layer)], heads=hs)
+               for layer, hs in by_layer(heads).items()]
         total += float(run_with_interventions(model, cache, i, [ivs]).sum())
     return float(cache.normalise(total / cache.data.size))
 
@@ -610,5 +608,5 @@ class Patcher:
     def attribution_patching(self) -> torch.Tensor:
         return attribution_patching(self.model, self.cache)
 
-    def patched_effect(self, heads: Sequence[Head], positions: dict | None = None) -> float:
-        return patched_effect(self.model, self.cache, heads, positions)
+    def patched_effect(self, heads: Sequence[Head]) -> float:
+        return patched_effect(self.model, self.cache, heads)
