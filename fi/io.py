@@ -96,8 +96,8 @@ def write_csv(df, path: str | os.PathLike) -> None:
 
 
 def progress(iterable, desc: str, total: int | None = None):
-    """tqdm progress for a long loop, written to stderr (a job's log) even when it is no terminal;
-    at most one line every 10 s."""
+    """tqdm progress for a long loop, written to stderr (a job's log) even when it is no terminal:
+    nothing for a loop done within 5 s, then at most one line every 10 s."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, desc=desc, total=total, mininterval=10, disable=False)
+    return tqdm(iterable, desc=desc, total=total, mininterval=10, delay=5, disable=False)
