@@ -34,11 +34,25 @@ from fi.tasks import get_family  # noqa: E402
 from tests.conftest import save_random_checkpoint  # noqa: E402
 
 
+def paper_sender_ld(b, chunk, cache_c, cache_n, n_layers, layer, head) -> float:
+    """The paper's two full passes for one sender on one batch: run 1 with every head's z frozen to
+    its contrast value but the sender's (normal), run 2 a clean contrast run with the final residual
+    stream taken from run 1; the batch's summed logit difference."""
+    final = "ln_final.hook_in"
+    store = {}
+
+    def grab(x, hook):
+        store["x"] = x.clone()
+        return x
+    b.run_with_hooks(chunk.contrast, fwd_hooks=frozen_z_hooks(cache_c, cache_n, n_layers, layer, head) + [(final, grab)])
+    logits = b.run_with_hooks(chunk.contrast, fwd_hooks=[(final, lambda x, hook: store["x"])])
+    return float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
+
+
 def paper_loop_output(model, data, batch=4):
     """Two full forward passes per sender head per batch of 4 prompts (run 1 frozen, run 2 patched)."""
     b = model.bridge
     L, H = model.n_layers, model.n_heads
-    final = "ln_final.hook_in"
     sums = torch.zeros(L, H)
     ld_n = ld_c = 0.0
     for i in range(0, data.size, batch):
@@ -50,14 +64,7 @@ def paper_loop_output(model, data, batch=4):
             ld_c += float(logit_diff(logits_c, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
             for layer in range(L):
                 for head in range(H):
-                    store = {}
-
-                    def grab(x, hook):
-                        store["x"] = x.clone()
-                        return x
-                    b.run_with_hooks(chunk.contrast, fwd_hooks=frozen_z_hooks(cache_c, cache_n, L, layer, head) + [(final, grab)])
-                    logits = b.run_with_hooks(chunk.contrast, fwd_hooks=[(final, lambda x, hook: store["x"])])
-                    sums[layer, head] += float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
+                    sums[layer, head] += paper_sender_ld(b, chunk, cache_c, cache_n, L, layer, head)
     n = data.size
     ld_n, ld_c = ld_n / n, ld_c / n
     return (sums / n - ld_c) / (ld_c - ld_n)

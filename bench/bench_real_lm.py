@@ -38,11 +38,12 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.answers import answer_token_ids, answer_vocabulary
+from bench.bench_evaluate import paper_loop
+from bench.bench_patching import paper_sender_ld
+from fi.answers import answer_vocabulary
 from fi.evaluation import encode_examples, evaluate_task, model_inputs, score_examples
 from fi.models import load_model
 from fi.patching import Patcher, build_patching_data, logit_diff
-from fi.reference import frozen_z_hooks
 from fi.tasks import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,28 +78,12 @@ def non_embedding_params(model) -> int:
     return total
 
 
-def paper_eval_loop(model, examples, vocab):
-    """The paper's eval.py: per example, one forward pass on contrast prompt + contrast answer and one
-    on contrast prompt + normal answer, full logits, restricted argmax at each answer position."""
-    cf, orig = [], []
-    for ex in examples:
-        prompt_ids = model.encode(ex.contrast_prompt)
-        for answer, out in ((ex.contrast_answer, cf), (ex.normal_answer, orig)):
-            ans = answer_token_ids(model, ex.contrast_prompt, answer, prompt_ids)
-            with torch.inference_mode():
-                logits = model.bridge(torch.tensor([prompt_ids + ans], device=model.device))[0]
-            pos = range(len(prompt_ids) - 1, len(prompt_ids) - 1 + len(ans))
-            out.append([int(vocab[logits[p, vocab].argmax()]) for p in pos] == ans)
-    return cf, orig
-
-
 def paper_path_loop(model, data, senders, batch=4):
     """bench_patching.paper_loop_output restricted to `senders`: per batch of 4 prompts, the normal
     and contrast runs (z cached, LDs from full logits), then per sender two full forward passes.
     Returns (normalised scores {sender: score}, baseline seconds, seconds spent on the senders)."""
     b = model.bridge
     L = model.n_layers
-    final = "ln_final.hook_in"
     sums = dict.fromkeys(senders, 0.0)
     ld_n = ld_c = 0.0
     t_base = t_send = 0.0
@@ -113,14 +98,7 @@ def paper_path_loop(model, data, senders, batch=4):
             del logits_n, logits_c
             t1 = time.perf_counter()
             for layer, head in senders:
-                store = {}
-
-                def grab(x, hook):
-                    store["x"] = x.clone()
-                    return x
-                b.run_with_hooks(chunk.contrast, fwd_hooks=frozen_z_hooks(cache_c, cache_n, L, layer, head) + [(final, grab)])
-                logits = b.run_with_hooks(chunk.contrast, fwd_hooks=[(final, lambda x, hook: store["x"])])
-                sums[(layer, head)] += float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
+                sums[(layer, head)] += paper_sender_ld(b, chunk, cache_c, cache_n, L, layer, head)
             t2 = time.perf_counter()
         t_base += t1 - t0
         t_send += t2 - t1
@@ -172,7 +150,7 @@ def bench_evaluation(model, family, v, records, examples, vocab, encoded, batch_
     full, t_full = timed(lambda: evaluate_task(model, family, v, records, SHOTS, batch_size=batch_size))
     old, t_old = timed(lambda: score_examples(model, encoded, vocab, batch_size, prompt_kinds=("contrast",),
                                               residual_readout=False))
-    (cf, orig), t_loop = timed(lambda: paper_eval_loop(model, examples, vocab))
+    (cf, orig), t_loop = timed(lambda: paper_loop(model, examples, vocab))
     agree = all(df["cf_correct"].tolist() == cf and df["orig_correct"].tolist() == orig for df in (same, full, old))
     lim_same, lim_full = 2 * p_ne * tok_contrast / flops, 2 * p_ne * tok_all / flops
     eval_peak = peak_mb()

@@ -7,7 +7,7 @@ at the same weights bit for bit; prints tokens/s (all sequence positions, pads i
 tokens), ms per step, and the FLOP limit: 6 x non-embedding params x tokens (+ attention) over a
 measured float32 matmul rate of this machine at that thread count.
 
-    python bench/bench_training.py [--steps 60] [--config config.yaml] [--model fi-toy]
+    python -m bench.bench_training [--steps 60] [--config config.yaml] [--model fi-toy]
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ from pathlib import Path
 import torch
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import fi.training as training

@@ -44,6 +44,22 @@ Head = tuple[int, int]
 
 # ---- attention statistics ---------------------------------------------------------------------------
 
+def attention_patterns(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
+    """Every layer's attention pattern [B, H, T, T] (float32, on the CPU) of one run on `tokens`,
+    which stops before the unembedding."""
+    store = {}
+
+    def keep(layer):
+        def hook(p, hook):
+            store[layer] = p.float().cpu()
+            return p
+        return hook
+    with torch.inference_mode():
+        run_to_final_resid(model, tokens.to(model.device), [(pattern_hook(layer), keep(layer))
+                                                            for layer in range(model.n_layers)])
+    return store
+
+
 def attention_statistics(model, cache: RunCache) -> dict[Head, dict[str, float]]:
     """Per head, on the contrast prompts (mean over examples):
       read_to_demo_answers   attention mass from the read position to the demos' answer tokens
@@ -51,16 +67,7 @@ def attention_statistics(model, cache: RunCache) -> dict[Head, dict[str, float]]
       answer_to_previous     mean attention from each demo answer token to the token before it"""
     sums: dict[Head, dict[str, float]] = {}
     for chunk in cache.chunks:
-        store = {}
-
-        def keep(layer):
-            def hook(p, hook):
-                store[layer] = p.float().cpu()
-                return p
-            return hook
-        hooks = [(pattern_hook(layer), keep(layer)) for layer in range(model.n_layers)]
-        with torch.inference_mode():
-            run_to_final_resid(model, chunk.contrast.to(model.device), hooks)
+        store = attention_patterns(model, chunk.contrast)
         rows = torch.arange(chunk.size)
         answers = chunk.groups["demo_answers"].float()  # [B, T]
         seps = chunk.groups["separators"].float()

@@ -2,19 +2,7 @@
 its checkpoints (issue 13; the reference is Singh et al. 2024, "What needs to go right for an
 induction head?", and its "artificial optogenetics").
 
-A `Clamp` says which heads are changed, how, and over which training steps [start, stop). Steps it
-covers run through a TransformerBridge built around the very parameters being trained (a shadow copy
-of the HF module tree whose parameters are the trained model's own), with the clamp's
-`fi.interventions.Intervention`s as hooks, so gradients flow through everything the clamp leaves in
-place; steps no clamp covers stay the plain HF forward (sdpa attention), bit for bit.
-
-Kinds (each on the listed heads only):
-  zero             the head's output (hook_z) is zero
-  mean             the head's output is its mean over the batch's rows at each position (detached)
-  pattern_uniform  its attention pattern is uniform over the positions it may attend to
-  pattern_ref      its attention pattern is a reference model's on the same batch
-  value_ref        its values (hook_v) are a reference model's on the same batch
-  output_ref       its output (hook_z) is a reference model's on the same batch
+Clamping itself (what a `Clamp` is and how clamped steps run) lives in fi.clamping.
 """
 
 from __future__ import annotations

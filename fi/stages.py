@@ -342,22 +342,12 @@ def _attention_views(loaded, cache, groups: dict, static: str, html: str, n_prom
     import circuitsvis as cv
     import torch
 
-    from fi.interventions import pattern_hook
+    from fi.circuit import attention_patterns
     from fi.io import atomic_path
     from fi.plots import plot_attention_by_group
-    from fi.readout import run_to_final_resid
 
     chunk = cache.chunks[0]
-    store = {}
-
-    def keep(layer):
-        def hook(p, hook):
-            store[layer] = p.float().cpu()
-            return p
-        return hook
-    with torch.inference_mode():
-        run_to_final_resid(loaded, chunk.contrast.to(loaded.device),
-                           [(pattern_hook(layer), keep(layer)) for layer in range(loaded.n_layers)])
+    store = attention_patterns(loaded, chunk.contrast)
     n = int(chunk.last[0]) + 1
     tokens = [loaded.tokenizer.decode([t]) for t in chunk.contrast[0, :n].tolist()]
     per_group = {}
