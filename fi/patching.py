@@ -37,14 +37,14 @@ import torch
 from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
 from fi.interventions import Intervention, by_layer, hooks_for, qkv_hook, z_hook
 from fi.io import progress
-from fi.readout import ROUTE_RTOL, residual_readout_holds, run_to_final_resid, unembed_tokens
+from fi.readout import FINAL_RESID, ROUTE_RTOL, residual_readout_holds, run_to_final_resid, unembed_tokens
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
 Head = tuple[int, int]
 
 __all__ = ["POSITION_GROUPS", "PatchingData", "Receiver", "Route", "RunCache", "Patcher", "activation_patching",
-           "attribution_patching", "build_cache", "build_patching_data", "decide_route", "logit_diff",
+           "attribution_patching", "build_cache", "build_normal_cache", "build_patching_data", "decide_route", "logit_diff",
            "patched_effect", "path_patching", "qkv_hook", "run_with_interventions", "z_hook"]
 
 
@@ -261,7 +261,8 @@ class RunCache:
     chunks[i]              the i-th `batch_size` examples (PatchingData)
     normal[i], contrast[i] hook name -> activation of that run: z [B, T, H, d_head], resid_pre and
                            attn_out [B, T, d_model]
-    ld_normal, ld_contrast [N] LD per example of each run"""
+    ld_normal, ld_contrast [N] LD per example of each run (ld_contrast None and contrast empty in a
+                           normal-run-only cache: build_normal_cache)"""
 
     data: PatchingData
     route: Route
@@ -269,7 +270,7 @@ class RunCache:
     normal: tuple
     contrast: tuple
     ld_normal: torch.Tensor
-    ld_contrast: torch.Tensor
+    ld_contrast: torch.Tensor | None
     n_layers: int
     n_heads: int
 
@@ -319,6 +320,49 @@ def build_cache(model, data: PatchingData, route: Route | None = None, batch_siz
         ld_c.append(ld)
     return RunCache(data, route, chunks, tuple(normal), tuple(contrast), torch.cat(ld_n), torch.cat(ld_c),
                     model.n_layers, model.n_heads)
+
+
+def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: Route | None = None) -> RunCache:
+    """The normal run only, keeping every layer's head outputs: all attribution patching needs (its
+    contrast run is its own gradient pass). Without a route, whether LD may be read from the final
+    residual is checked on the first chunk's run itself (full logits there), so no extra pass is run;
+    the route records no analytic path (attribution has none)."""
+    wanted = {z_hook(layer) for layer in range(model.n_layers)}
+    chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
+    normal, ld_n = [], []
+    for chunk in progress(chunks, "normal runs"):
+        if route is None:
+            acts, ld, holds = _checked_capture_run(model, chunk, wanted)
+            route = Route(residual_readout=holds, analytic_output_path=False)
+        else:
+            acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
+        normal.append(acts)
+        ld_n.append(ld)
+    return RunCache(data, route, chunks, tuple(normal), (), torch.cat(ld_n), None, model.n_layers, model.n_heads)
+
+
+def _checked_capture_run(model, chunk: PatchingData, names: set) -> tuple[dict, torch.Tensor, bool]:
+    """The normal run with full logits, keeping `names` and the final residual: its LD, and whether
+    the residual readout reproduces it (ROUTE_RTOL)."""
+    store: dict = {}
+
+    def keep(name):
+        def hook(x, hook):
+            store[name] = x
+            return x
+        return hook
+    hooks = [(name, keep(name)) for name in sorted(names | {FINAL_RESID})]
+    with torch.inference_mode():
+        logits = model.bridge.run_with_hooks(chunk.normal.to(model.device), fwd_hooks=hooks)
+        full = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).float().cpu()
+        try:
+            resid = store.pop(FINAL_RESID)
+            short = _ld_from_resid(model, resid[torch.arange(chunk.size), chunk.last.to(resid.device)],
+                                   chunk.normal_answer, chunk.contrast_answer).float().cpu()
+            holds = bool((short - full).abs().max() <= ROUTE_RTOL * max(1.0, float(full.abs().max())))
+        except Exception:  # no final residual hook / norm / unembedding of this shape
+            holds = False
+    return store, full, holds
 
 
 # ---- the one generic function ---------------------------------------------------------------------
@@ -527,8 +571,10 @@ def attribution_patching(model, cache: RunCache) -> torch.Tensor:
     the estimate for head h of layer l is the derivative of LD along z_l + a_h (z_normal -
     z_contrast) at a = 0, so the backward pass computes gradients only for L x H scalars a, not for
     the weights (frozen for the pass), and LD is read through the route (final residual, two
-    unembedding rows). Its normal z comes from the cache."""
+    unembedding rows). Its normal z comes from the cache: a full one, or the cheaper
+    `build_normal_cache`."""
     total = torch.zeros(cache.n_layers, cache.n_heads)
+    ld_contrast = 0.0
     for i, chunk in enumerate(progress(cache.chunks, "attribution patching")):
         alphas = {}
 
@@ -545,10 +591,13 @@ def attribution_patching(model, cache: RunCache) -> torch.Tensor:
             ld = read_ld(model, cache.route, chunk.contrast.to(model.device), hooks, chunk.last,
                          chunk.normal_answer, chunk.contrast_answer)
             grads = torch.autograd.grad(ld.sum(), [alphas[layer] for layer in range(cache.n_layers)])
+        ld_contrast += float(ld.detach().sum())
         for layer, g in enumerate(grads):
             # pads sit right of every real token and get no gradient
             total[layer] += g.float().cpu()
-    return total / cache.data.size / (cache.mean_ld_contrast - cache.mean_ld_normal)
+    # the contrast LD of a full cache, else this pass's own (the same runs, unpatched)
+    mean_contrast = cache.mean_ld_contrast if cache.ld_contrast is not None else ld_contrast / cache.data.size
+    return total / cache.data.size / (mean_contrast - cache.mean_ld_normal)
 
 
 @contextmanager
@@ -568,9 +617,10 @@ def _frozen_parameters(module: torch.nn.Module):
 # ---- convenience: one model and one set of prompt pairs ------------------------------------------
 
 class Patcher:
-    """A model, its prompt pairs and their route, with the methods above as methods. Nothing here
-    changes after construction except the run cache, which is built on first use (attribution-only
-    callers may want the cheaper z-only cache: build_cache(..., names=[z hooks])) and then fixed."""
+    """A model and its prompt pairs, with the methods above as methods. What it computes is built on
+    first use and then fixed: `route` (decide_route, or the one given), `cache` (both runs, for the
+    exact methods) and `normal_cache` (the normal run only: attribution patching alone needs no more,
+    so it costs one normal pass and its own gradient pass)."""
 
     def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int = 256,
                  route: Route | None = None):
@@ -578,15 +628,23 @@ class Patcher:
         self.data = data
         self.batch_size = batch_size
         self.rows_per_pass = rows_per_pass
-        self.route = route or decide_route(model, data)
+        self._given_route = route
 
     def with_route(self, **changes) -> Patcher:
         """The same prompts read another way (tests compare routes)."""
         return Patcher(self.model, self.data, self.batch_size, self.rows_per_pass, replace(self.route, **changes))
 
     @cached_property
+    def route(self) -> Route:
+        return self._given_route or decide_route(self.model, self.data)
+
+    @cached_property
     def cache(self) -> RunCache:
         return build_cache(self.model, self.data, self.route, self.batch_size)
+
+    @cached_property
+    def normal_cache(self) -> RunCache:
+        return build_normal_cache(self.model, self.data, self.batch_size, self._given_route)
 
     @property
     def ld_normal(self) -> float:
@@ -606,7 +664,7 @@ class Patcher:
         return path_patching(self.model, self.cache, receiver, self.rows_per_pass)
 
     def attribution_patching(self) -> torch.Tensor:
-        return attribution_patching(self.model, self.cache)
+        return attribution_patching(self.model, self.normal_cache)
 
     def patched_effect(self, heads: Sequence[Head]) -> float:
         return patched_effect(self.model, self.cache, heads)
