@@ -113,6 +113,9 @@ def iterated_path_patching(model, cache: RunCache, threshold: float = 0.05, dept
              if abs(float(direct[layer, head])) >= threshold]
     frontier = _strongest([(e.sender, e.score) for e in edges], max_receivers)
     done: set[Head] = set()
+    n_kv = int(getattr(model.bridge.cfg, "n_key_value_heads", None) or cache.n_heads)
+    group = cache.n_heads // n_kv
+    computed: dict[tuple, torch.Tensor] = {}
     for _ in range(1, depth):
         found: list[tuple[Head, float]] = []
         for head in progress(frontier, "path patching to receivers"):
@@ -121,7 +124,12 @@ def iterated_path_patching(model, cache: RunCache, threshold: float = 0.05, dept
                 continue  # nothing below layer 0 to feed it
             for which in inputs:
                 receiver = Receiver(head[0], head[1], which)
-                scores = path_patching(model, cache, receiver, rows_per_pass)
+                # with grouped-query attention a head's k / v input is its key-value group's: heads
+                # of one group share it, so their scores are computed once
+                key = (head[0], which, head[1] if which == "q" else head[1] // group)
+                if key not in computed:
+                    computed[key] = path_patching(model, cache, receiver, rows_per_pass)
+                scores = computed[key]
                 for layer in range(head[0]):
                     for h in range(cache.n_heads):
                         s = float(scores[layer, h])
