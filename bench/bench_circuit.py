@@ -57,6 +57,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from bench.bench_patching import timed
 from fi import circuit as fc
 from fi.models import load_model
 from fi.patching import Receiver, build_cache, build_patching_data, logit_diff, qkv_hook
@@ -71,17 +72,6 @@ GEMMA = Path("/work/wt-realbench/results/models/gemma3-270m")
 
 def peak_mb() -> int:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-
-
-def timed(fn, repeat=1):
-    """(result of the last call, best wall time of `repeat` calls): short runs on shared cores are
-    noisy, and a method's first call also pays one-off costs that a long run amortises."""
-    best = float("inf")
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
 
 
 def discovery_data(model, n):
