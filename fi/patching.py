@@ -18,7 +18,8 @@ Conventions (the paper's, section 2):
 What is computed once, immutably: `RunCache` holds the normal and contrast runs' activations and LDs
 per chunk of examples; `Route` records how this model is read (LD from the final residual with only
 the two answers' unembedding rows, or from full logits; path patching's run 1 analytic at the last
-position, or hooked), decided by `decide_route` from checks on the first chunk.
+position, or hooked), decided from checks on the first chunk's own runs (build_cache; `decide_route`
+makes the same checks alone).
 
 Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
 tokenizers), whose answer merges into the prompt's last token (see fi.answers), or whose two answers
@@ -177,7 +178,8 @@ def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Te
 
 @dataclass(frozen=True)
 class Route:
-    """How metrics are read on one model, decided once by `decide_route` and recorded with results.
+    """How metrics are read on one model, decided once (on the first chunk's runs, or by
+    `decide_route`) and recorded with results.
 
     residual_readout      LD from the final residual stream at the read position, through the final
                           norm and the two answers' unembedding rows only (else from full logits)
@@ -195,22 +197,26 @@ def _ld_from_resid(model, resid_last: torch.Tensor, normal_answer: torch.Tensor,
     return logits[:, 0] - logits[:, 1]
 
 
-def _analytic_path_holds(model, chunk: PatchingData) -> bool:
+def _analytic_path_holds(model, chunk: PatchingData, contrast: dict | None = None,
+                         expected: torch.Tensor | None = None) -> bool:
     """The analytic run 1 (see _frozen_resid_at_last) assumes pre-norm sequential blocks:
     resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp(ln2(resid_mid)). Checked on
-    this model by rebuilding the contrast run's LD that way from its head outputs; architectures that
-    differ (parallel attention and MLP, extra norms: Gemma-2) take the hooked run 1."""
+    this model by rebuilding the contrast run's LD that way from its head outputs (`contrast`: that
+    run's z and first resid_pre, and `expected`: its LD from full logits; run here when not given);
+    architectures that differ (parallel attention and MLP, extra norms: Gemma-2) take the hooked run 1."""
     bridge = model.bridge
-    names = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
     rows = torch.arange(chunk.size)
     try:
         with torch.inference_mode():
-            logits, cache = bridge.run_with_cache(chunk.contrast.to(model.device), names_filter=lambda n: n in names)
-            expected = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
-            resid = cache["blocks.0.hook_resid_pre"][rows, chunk.last]
+            if contrast is None:
+                names = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
+                logits, contrast = bridge.run_with_cache(chunk.contrast.to(model.device),
+                                                         names_filter=lambda n: n in names)
+                expected = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+            resid = contrast["blocks.0.hook_resid_pre"][rows, chunk.last]
             for layer in range(model.n_layers):
                 blk = bridge.blocks[layer]
-                z = cache[z_hook(layer)][rows, chunk.last][:, None]
+                z = contrast[z_hook(layer)][rows, chunk.last][:, None]
                 resid = resid + blk.attn.o(z.flatten(-2))[:, 0]
                 resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
             final = bridge.unembed(bridge.ln_final(resid[:, None]))[:, 0]
@@ -306,18 +312,26 @@ def _capture_run(model, route: Route, chunk: PatchingData, tokens: torch.Tensor,
 
 def build_cache(model, data: PatchingData, route: Route | None = None, batch_size: int = 16,
                 names: Sequence[str] | None = None) -> RunCache:
-    """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names)."""
-    route = route or decide_route(model, data)
+    """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names).
+    Without a route, both route checks are made on the first chunk's own runs (full logits there):
+    no extra pass."""
     wanted = set(names if names is not None else cache_names(model.n_layers))
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
     normal, contrast, ld_n, ld_c = [], [], [], []
     for chunk in progress(chunks, "normal and contrast runs"):
-        acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
-        normal.append(acts)
-        ld_n.append(ld)
-        acts, ld = _capture_run(model, route, chunk, chunk.contrast, wanted)
-        contrast.append(acts)
-        ld_c.append(ld)
+        if route is None:
+            acts_n, ld_normal, residual = _checked_capture_run(model, chunk, wanted)
+            acts_c, ld_contrast, _ = _checked_capture_run(model, chunk, wanted, chunk.contrast)
+            needed = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
+            analytic = needed <= set(acts_c) and _analytic_path_holds(model, chunk, acts_c, ld_contrast)
+            route = Route(residual_readout=residual, analytic_output_path=analytic)
+        else:
+            acts_n, ld_normal = _capture_run(model, route, chunk, chunk.normal, wanted)
+            acts_c, ld_contrast = _capture_run(model, route, chunk, chunk.contrast, wanted)
+        normal.append(acts_n)
+        ld_n.append(ld_normal)
+        contrast.append(acts_c)
+        ld_c.append(ld_contrast)
     return RunCache(data, route, chunks, tuple(normal), tuple(contrast), torch.cat(ld_n), torch.cat(ld_c),
                     model.n_layers, model.n_heads)
 
@@ -341,9 +355,10 @@ def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: R
     return RunCache(data, route, chunks, tuple(normal), (), torch.cat(ld_n), None, model.n_layers, model.n_heads)
 
 
-def _checked_capture_run(model, chunk: PatchingData, names: set) -> tuple[dict, torch.Tensor, bool]:
-    """The normal run with full logits, keeping `names` and the final residual: its LD, and whether
-    the residual readout reproduces it (ROUTE_RTOL)."""
+def _checked_capture_run(model, chunk: PatchingData, names: set,
+                         tokens: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, bool]:
+    """A run (the normal prompt unless `tokens`) with full logits, keeping `names` and the final
+    residual: its LD, and whether the residual readout reproduces it (ROUTE_RTOL)."""
     store: dict = {}
 
     def keep(name):
@@ -353,7 +368,8 @@ def _checked_capture_run(model, chunk: PatchingData, names: set) -> tuple[dict, 
         return hook
     hooks = [(name, keep(name)) for name in sorted(names | {FINAL_RESID})]
     with torch.inference_mode():
-        logits = model.bridge.run_with_hooks(chunk.normal.to(model.device), fwd_hooks=hooks)
+        tokens = chunk.normal if tokens is None else tokens
+        logits = model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=hooks)
         full = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).float().cpu()
         try:
             resid = store.pop(FINAL_RESID)
@@ -618,8 +634,9 @@ def _frozen_parameters(module: torch.nn.Module):
 
 class Patcher:
     """A model and its prompt pairs, with the methods above as methods. What it computes is built on
-    first use and then fixed: `route` (decide_route, or the one given), `cache` (both runs, for the
-    exact methods) and `normal_cache` (the normal run only: attribution patching alone needs no more,
+    first use and then fixed: `cache` (both runs, for the exact methods, with the route decided on
+    its first chunk unless one is given), and
+    `normal_cache` (the normal run only: attribution patching alone needs no more,
     so it costs one normal pass and its own gradient pass)."""
 
     def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int = 256,
@@ -634,13 +651,14 @@ class Patcher:
         """The same prompts read another way (tests compare routes)."""
         return Patcher(self.model, self.data, self.batch_size, self.rows_per_pass, replace(self.route, **changes))
 
-    @cached_property
+    @property
     def route(self) -> Route:
-        return self._given_route or decide_route(self.model, self.data)
+        """The route given, or the one the cache's runs decided (decide_route's checks, folded in)."""
+        return self._given_route or self.cache.route
 
     @cached_property
     def cache(self) -> RunCache:
-        return build_cache(self.model, self.data, self.route, self.batch_size)
+        return build_cache(self.model, self.data, self._given_route, self.batch_size)
 
     @cached_property
     def normal_cache(self) -> RunCache:
