@@ -18,8 +18,7 @@ Conventions (the paper's, section 2):
 What is computed once, immutably: `RunCache` holds the normal and contrast runs' activations and LDs
 per chunk of examples; `Route` records how this model is read (LD from the final residual with only
 the two answers' unembedding rows, or from full logits; path patching's run 1 analytic at the last
-position, or hooked), decided from checks on the first chunk's own runs (build_cache; `decide_route`
-makes the same checks alone).
+position, or hooked), decided from checks on the first chunk's own runs (build_cache).
 
 Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
 tokenizers), whose answer merges into the prompt's last token (see fi.answers), or whose two answers
@@ -38,14 +37,14 @@ import torch
 from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
 from fi.interventions import Intervention, by_layer, hooks_for, qkv_hook, z_hook
 from fi.io import progress
-from fi.readout import FINAL_RESID, ROUTE_RTOL, residual_readout_holds, run_to_final_resid, unembed_tokens
+from fi.readout import FINAL_RESID, ROUTE_RTOL, run_to_final_resid, unembed_tokens
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
 Head = tuple[int, int]
 
 __all__ = ["POSITION_GROUPS", "PatchingData", "Receiver", "Route", "RunCache", "Patcher", "activation_patching",
-           "attribution_patching", "build_cache", "build_normal_cache", "build_patching_data", "decide_route", "logit_diff",
+           "attribution_patching", "build_cache", "build_normal_cache", "build_patching_data", "logit_diff",
            "patched_effect", "path_patching", "qkv_hook", "run_with_interventions", "z_hook"]
 
 
@@ -178,8 +177,8 @@ def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Te
 
 @dataclass(frozen=True)
 class Route:
-    """How metrics are read on one model, decided once (on the first chunk's runs, or by
-    `decide_route`) and recorded with results.
+    """How metrics are read on one model, decided once (on the first chunk's runs: build_cache) and
+    recorded with results.
 
     residual_readout      LD from the final residual stream at the read position, through the final
                           norm and the two answers' unembedding rows only (else from full logits)
@@ -197,22 +196,16 @@ def _ld_from_resid(model, resid_last: torch.Tensor, normal_answer: torch.Tensor,
     return logits[:, 0] - logits[:, 1]
 
 
-def _analytic_path_holds(model, chunk: PatchingData, contrast: dict | None = None,
-                         expected: torch.Tensor | None = None) -> bool:
+def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: torch.Tensor) -> bool:
     """The analytic run 1 (see _frozen_resid_at_last) assumes pre-norm sequential blocks:
     resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp(ln2(resid_mid)). Checked on
     this model by rebuilding the contrast run's LD that way from its head outputs (`contrast`: that
-    run's z and first resid_pre, and `expected`: its LD from full logits; run here when not given);
+    run's z and first resid_pre, and `expected`: its LD from full logits);
     architectures that differ (parallel attention and MLP, extra norms: Gemma-2) take the hooked run 1."""
     bridge = model.bridge
     rows = torch.arange(chunk.size)
     try:
         with torch.inference_mode():
-            if contrast is None:
-                names = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
-                logits, contrast = bridge.run_with_cache(chunk.contrast.to(model.device),
-                                                         names_filter=lambda n: n in names)
-                expected = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
             resid = contrast["blocks.0.hook_resid_pre"][rows, chunk.last]
             for layer in range(model.n_layers):
                 blk = bridge.blocks[layer]
@@ -225,14 +218,6 @@ def _analytic_path_holds(model, chunk: PatchingData, contrast: dict | None = Non
         return False
     scale = max(1.0, float(expected.abs().max()))
     return bool((rebuilt.float().cpu() - expected.float().cpu()).abs().max() <= ROUTE_RTOL * scale)
-
-
-def decide_route(model, data: PatchingData, probe_size: int = 8) -> Route:
-    """Both route checks on the first `probe_size` examples (one tolerance, ROUTE_RTOL)."""
-    chunk = data.subset(slice(0, probe_size))
-    compared = torch.stack([chunk.normal_answer, chunk.contrast_answer], 1)
-    residual = residual_readout_holds(model, chunk.contrast.to(model.device), chunk.last, compared)
-    return Route(residual_readout=residual, analytic_output_path=_analytic_path_holds(model, chunk))
 
 
 def read_ld(model, route: Route, tokens: torch.Tensor, fwd_hooks: list, last: torch.Tensor,
@@ -653,7 +638,7 @@ class Patcher:
 
     @property
     def route(self) -> Route:
-        """The route given, or the one the cache's runs decided (decide_route's checks, folded in)."""
+        """The route given, or the one the cache's runs decided (its first chunk's checks)."""
         return self._given_route or self.cache.route
 
     @cached_property
