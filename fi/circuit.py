@@ -32,7 +32,7 @@ import torch
 
 from fi.interventions import Intervention, pattern_hook, z_hook
 from fi.io import progress
-from fi.patching import Receiver, RunCache, path_patching, run_with_interventions
+from fi.patching import Receiver, RunCache, path_patching, path_patching_to_heads, run_with_interventions
 from fi.readout import run_to_final_resid
 
 GROUPS = ("previous_token", "function_induction", "consolidation")
@@ -118,24 +118,25 @@ def iterated_path_patching(model, cache: RunCache, threshold: float = 0.05, dept
     computed: dict[tuple, torch.Tensor] = {}
     for _ in range(1, depth):
         found: list[tuple[Head, float]] = []
-        for head in progress(frontier, "path patching to receivers"):
-            done.add(head)
-            if head[0] == 0:
-                continue  # nothing below layer 0 to feed it
-            for which in inputs:
-                receiver = Receiver(head[0], head[1], which)
-                # with grouped-query attention a head's k / v input is its key-value group's: heads
-                # of one group share it, so their scores are computed once
-                key = (head[0], which, head[1] if which == "q" else head[1] // group)
-                if key not in computed:
-                    computed[key] = path_patching(model, cache, receiver, rows_per_pass)
-                scores = computed[key]
-                for layer in range(head[0]):
-                    for h in range(cache.n_heads):
-                        s = float(scores[layer, h])
-                        if abs(s) >= threshold:
-                            edges.append(Edge((layer, h), str(receiver), s))
-                            found.append(((layer, h), s))
+        done.update(frontier)
+        # nothing below layer 0 feeds a layer-0 head; with grouped-query attention a head's k / v
+        # input is its key-value group's, shared by the group's heads: computed once, for the first
+        receivers = [Receiver(head[0], head[1], which) for head in frontier if head[0] > 0 for which in inputs]
+
+        def key(r: Receiver) -> tuple:
+            return (r.layer, r.which, r.head if r.which == "q" else r.head // group)
+        todo = list({key(r): r for r in reversed(receivers) if key(r) not in computed}.values())
+        if todo:  # the level's receivers in one set: one run 1 per sender for all of them
+            for r, scores in path_patching_to_heads(model, cache, todo, rows_per_pass).items():
+                computed[key(r)] = scores
+        for receiver in receivers:
+            scores = computed[key(receiver)]
+            for layer in range(receiver.layer):
+                for h in range(cache.n_heads):
+                    s = float(scores[layer, h])
+                    if abs(s) >= threshold:
+                        edges.append(Edge((layer, h), str(receiver), s))
+                        found.append(((layer, h), s))
         frontier = [h for h in _strongest(found, max_receivers) if h not in done]
         if not frontier:
             break

@@ -208,29 +208,56 @@ def plot_dynamics(table: pd.DataFrame, formation: pd.DataFrame, output: str, dpi
 
 # ---- the stages ------------------------------------------------------------------------------------
 
+def fi_heads_from_measures(measures: str, discovery: dict) -> list[list[int]]:
+    """The FI heads of a run from its final checkpoint's measures: path scores to the output on the
+    discovery cell, picked by the discovery criterion (as fi.stages.discover_heads picks them from
+    the grid's attribution)."""
+    import pandas as pd
+
+    from fi.heads import select_heads
+
+    df = pd.read_parquet(measures)
+    cell = discovery["cell"]
+    sel = df[(df["measure"] == "path_output") & (df["task"] == cell["task"]) & (df["variant"] == cell["variant"])
+             & (df["shots"] == int(cell["shots"]))]
+    if sel.empty:
+        raise ValueError(f"{measures}: no path scores for the discovery cell {cell}")
+    chosen = select_heads(sel.rename(columns={"value": "score"})[["layer", "head", "score"]],
+                          discovery["criterion"], discovery["top_k"], discovery["threshold"])
+    return [[int(a), int(b)] for a, b in zip(chosen["layer"], chosen["head"])]
+
+
 def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None = None,
-              fi_heads: str | None = None, threads: int | None = None) -> None:
-    """Train one dynamics run. `clamps` are config entries; heads 'fi' are the baseline's FI heads
-    (`fi_heads`, a results/heads/<model>.json); a *_ref clamp's reference is the baseline's
-    checkpoint at its `reference` step (null: the baseline's final model)."""
+              fi_heads: str | None = None, fi_measures: str | None = None, discovery: dict | None = None,
+              threads: int | None = None) -> None:
+    """Train one dynamics run. `clamps` are config entries; heads 'fi' are the baseline's FI heads:
+    the grid's (`fi_heads`, a results/heads/<model>.json) at the model's own seed, else picked from
+    the seed's own baseline (`fi_measures`, its final checkpoint's measures, by the `discovery`
+    criterion). A *_ref clamp's reference is the baseline's checkpoint at its `reference` step
+    (null: the baseline's final model). The clamps as applied (heads resolved) are saved in the run
+    folder as clamps.json."""
     import json
     import logging
 
+    from fi.io import write_json
     from fi.training import checkpoint_dir, train_model
 
-    values = []
+    values, applied = [], []
     for entry in clamps:
         entry = dict(entry)
         if entry.get("heads") == "fi":
-            entry["heads"] = json.loads(Path(fi_heads).read_text())["heads"]
+            entry["heads"] = (json.loads(Path(fi_heads).read_text())["heads"] if fi_heads
+                              else fi_heads_from_measures(fi_measures, discovery))
         reference = None
         if entry.get("kind", "zero") in REF_KINDS:
             step = entry.get("reference")
             reference = str(baseline if step is None else checkpoint_dir(baseline, step))
         values.append(Clamp.from_config(entry, reference))
+        applied.append(entry)
     curve = train_model(train, output, threads=threads, progress=False, clamps=values)
-    logging.getLogger("fi").info("trained %s: %d steps, %d clamps, final loss %.4f", output, train["steps"],
-                                 len(values), curve["loss"].iloc[-1])
+    write_json(applied, str(Path(output) / "clamps.json"))
+    logging.getLogger("fi").info("trained %s: %d steps, clamps %s, final loss %.4f", output, train["steps"],
+                                 applied, curve["loss"].iloc[-1])
 
 
 def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], datasets: list[str],
@@ -253,7 +280,45 @@ def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], 
     logging.getLogger("fi").info("%s step %d: %d measures in %.1fs", run_dir, step, len(df), df["seconds"].iloc[0])
 
 
-def aggregate_dynamics(measures: list[str], threshold: float, table: str, formation: str, min_gap: float = 0.5) -> None:
+def formation_summary(table: pd.DataFrame, formation: pd.DataFrame) -> pd.DataFrame:
+    """Per run and cell, over seeds: the step at which the run's first FI head forms (the earliest
+    formation step of any head; NaN: none formed), its mean, min and max over the seeds where one
+    formed, how many seeds formed one, which head it was at each seed, the shift of the mean from the
+    baseline's, and the final checkpoint's cf_acc (mean, min, max)."""
+    import numpy as np
+    import pandas as pd
+
+    keys = ["model", "run", "task", "variant", "shots"]
+    per_seed = []
+    for key, g in formation.groupby(keys + ["seed"], sort=True):
+        formed = g.dropna(subset=["formation_step"]).sort_values(["formation_step", "final_score", "layer", "head"])
+        first = formed.iloc[0] if len(formed) else None
+        per_seed.append(dict(zip(keys + ["seed"], key),
+                             step=float(first["formation_step"]) if first is not None else np.nan,
+                             head=f"L{int(first['layer'])}H{int(first['head'])}" if first is not None else "-"))
+    per_seed = pd.DataFrame(per_seed, columns=keys + ["seed", "step", "head"])
+    acc = table[table["measure"] == "cf_acc"]
+    last = acc[acc["step"] == acc.groupby(["model", "run", "seed"])["step"].transform("max")]
+    rows = []
+    for key, g in per_seed.groupby(keys, sort=True):
+        a = last.merge(g[keys + ["seed"]], on=keys + ["seed"])["value"]
+        steps = g["step"].dropna()
+        rows.append(dict(zip(keys, key), n_seeds=len(g), n_formed=len(steps),
+                         formation_mean=steps.mean() if len(steps) else np.nan,
+                         formation_min=steps.min() if len(steps) else np.nan,
+                         formation_max=steps.max() if len(steps) else np.nan,
+                         fi_head_by_seed=", ".join(f"{s}:{h}" for s, h in zip(g["seed"], g["head"])),
+                         final_cf_acc_mean=a.mean(), final_cf_acc_min=a.min(), final_cf_acc_max=a.max()))
+    out = pd.DataFrame(rows)
+    if len(out):
+        base = out[out["run"] == "baseline"].set_index(["model", "task", "variant", "shots"])["formation_mean"]
+        out["delay_vs_baseline"] = [r.formation_mean - base.get((r.model, r.task, r.variant, r.shots), np.nan)
+                                    for r in out.itertuples()]
+    return out
+
+
+def aggregate_dynamics(measures: list[str], threshold: float, table: str, formation: str, summary: str,
+                       min_gap: float = 0.5) -> None:
     import pandas as pd
 
     from fi.io import write_parquet
@@ -262,7 +327,9 @@ def aggregate_dynamics(measures: list[str], threshold: float, table: str, format
     df = df.sort_values(["model", "run", "seed", "step", "measure", "task", "variant", "layer", "head"],
                         kind="stable").reset_index(drop=True)
     write_parquet(df, table)
-    write_parquet(formation_steps(df, threshold, min_gap), formation)
+    steps = formation_steps(df, threshold, min_gap)
+    write_parquet(steps, formation)
+    write_parquet(formation_summary(df, steps), summary)
 
 
 def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:

@@ -112,5 +112,16 @@ def needs_fi_heads(run: Run) -> bool:
     return any(e.get("heads") == "fi" for e in clamp_entries(run))
 
 
+def fi_heads_source(run: Run, all_runs: list[Run]) -> tuple[str, str]:
+    """Where a run's `heads: fi` come from: at the model's own seed the grid's discovered FI heads
+    ("heads", results/heads/<model>.json); at another seed that seed's own baseline, whose FI head
+    may sit elsewhere ("measures": the baseline's final-checkpoint measures, heads picked from its
+    path scores on the discovery cell by the discovery criterion)."""
+    base = run.baseline(all_runs)
+    if base.is_grid_model:
+        return "heads", f"{RESULTS}/heads/{run.model}.json"
+    return "measures", base.measures_path(base.steps[-1])
+
+
 def reference_steps(run: Run) -> list:
     return [e.get("reference") for e in clamp_entries(run) if e.get("kind", "zero") in REF_KINDS]

@@ -474,52 +474,79 @@ def path_patching(model, cache: RunCache, receiver: Receiver | str = RECEIVER_OU
     Run 1: the contrast prompt with every head's hook_z frozen to its contrast value except the
     sender's, which takes its normal value; MLPs and norms recompute. To the output, the metric is
     read from run 1. To a head's q/k/v: its input is taken from run 1 and patched into a clean
-    contrast run (run 2). Layers below the sender are the contrast run's in both runs, so each
-    sender's runs start at its layer from the cached residual."""
+    contrast run (run 2; see `path_patching_to_heads`). Layers below the sender are the contrast
+    run's in both runs, so each sender's runs start at its layer from the cached residual."""
     receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
-    if receiver.is_output and cache.route.analytic_output_path:
+    if not receiver.is_output:
+        return path_patching_to_heads(model, cache, [receiver], rows_per_pass)[receiver]
+    if cache.route.analytic_output_path:
         return _per_head_mean(cache, (_path_output_analytic(model, cache, i) for i in range(len(cache.chunks))))
     sums = []
-    for i, chunk in enumerate(progress(cache.chunks, f"path patching -> {receiver}")):
+    for i, chunk in enumerate(progress(cache.chunks, "path patching -> output")):
         out = torch.zeros(cache.n_layers * cache.n_heads)
         for layer in range(cache.n_layers):
-            if not receiver.is_output and layer >= receiver.layer:
-                continue  # cannot reach the receiver's input: no effect (set exactly below)
             for block in _blocks(list(range(cache.n_heads)), chunk.size, rows_per_pass):
-                if receiver.is_output:
-                    # every head frozen: the read position evolves alone, so run 1 needs only it
-                    variants = [_frozen(cache, i, (layer, h), layer, cache.n_layers, at_last=True) for h in block]
-                    ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer,
-                                                last_position_only=True)
-                else:
-                    ld = _path_to_head(model, cache, i, layer, block, receiver)
+                # every head frozen: the read position evolves alone, so run 1 needs only it
+                variants = [_frozen(cache, i, (layer, h), layer, cache.n_layers, at_last=True) for h in block]
+                ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer, last_position_only=True)
                 out[[layer * cache.n_heads + h for h in block]] = ld.sum(1)
         sums.append(out)
-    scores = _per_head_mean(cache, sums)
-    if not receiver.is_output:
-        # a sender at or above the receiver's layer cannot reach its input: run 2 is the clean
-        # contrast run, whose effect is 0 by definition
-        scores[receiver.layer:] = 0.0
-    return scores
+    return _per_head_mean(cache, sums)
 
 
-def _path_to_head(model, cache: RunCache, i: int, layer: int, senders: Sequence[int], receiver: Receiver) -> torch.Tensor:
-    """Run 1 (frozen, stopped after the receiver's layer, its q/k/v input captured) and run 2 (the
-    contrast run from the receiver's layer on, that input patched in) for the senders of one layer."""
+def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver | str],
+                           rows_per_pass: int = 256) -> dict[Receiver, torch.Tensor]:
+    """{receiver: [layers, heads]}: path patching from every sender head to each of a set of head
+    inputs (q / k / v), the whole set at once (one level of the circuit search).
+
+    Run 1 does not depend on the receiver (every head frozen to its contrast value but the sender's,
+    normal), so one run 1 per sender, from the sender's layer up to the highest receiver, captures
+    every receiver's input; run 2 (the contrast run from a receiver's layer on, that input patched
+    in) is stacked over the receivers of one layer. A sender at or above a receiver's layer cannot
+    reach its input: its score is exactly 0 (run 2 is then the clean contrast run)."""
+    receivers = list(dict.fromkeys(Receiver.parse(r) if isinstance(r, str) else r for r in receivers))
+    if any(r.is_output for r in receivers):
+        raise ValueError("path_patching_to_heads: receivers are head inputs (L.H.q|k|v); "
+                         "path_patching reads the output")
     n_kv = int(getattr(model.bridge.cfg, "n_key_value_heads", None) or cache.n_heads)
-    index = receiver.head if receiver.which == "q" else receiver.head // (cache.n_heads // n_kv)
-    name = qkv_hook(receiver.layer, receiver.which)
-    captured = {}
+    group = cache.n_heads // n_kv
+    index = {r: r.head if r.which == "q" else r.head // group for r in receivers}  # the hook's head axis
+    sums: dict[Receiver, list] = {r: [] for r in receivers}
+    for i, chunk in enumerate(progress(cache.chunks, f"path patching -> {len(receivers)} receiver(s)")):
+        b = chunk.size
+        out = {r: torch.zeros(cache.n_layers * cache.n_heads) for r in receivers}
+        for layer in range(cache.n_layers):
+            reached = [r for r in receivers if r.layer > layer]
+            if not reached:
+                continue
+            top = max(r.layer for r in reached)
+            names = sorted({qkv_hook(r.layer, r.which) for r in reached})
+            for block in _blocks(list(range(cache.n_heads)), b, rows_per_pass):
+                captured = {}
 
-    def capture(x, hook):
-        captured["x"] = x.clone()
-        return x
-    variants = [_frozen(cache, i, (layer, h), layer, receiver.layer) for h in senders]
-    run_with_interventions(model, cache, i, variants, start_at_layer=layer, extra_hooks=[(name, capture)],
-                           stop_at_layer=receiver.layer + 1)
-    b = cache.chunks[i].size
-    patched = [[Intervention.patch(name, captured["x"][v * b:(v + 1) * b], heads=[index])] for v in range(len(senders))]
-    return run_with_interventions(model, cache, i, patched, start_at_layer=receiver.layer)
+                def capture(name):
+                    def hook(x, hook):
+                        captured[name] = x.clone()
+                        return x
+                    return hook
+                run_with_interventions(model, cache, i, [_frozen(cache, i, (layer, h), layer, top) for h in block],
+                                       start_at_layer=layer, extra_hooks=[(n, capture(n)) for n in names],
+                                       stop_at_layer=top + 1)
+                for at in sorted({r.layer for r in reached}):
+                    pairs = [(r, v) for r in reached if r.layer == at for v in range(len(block))]
+                    for part in _blocks(pairs, b, rows_per_pass):
+                        variants = [[Intervention.patch(qkv_hook(r.layer, r.which),
+                                                        captured[qkv_hook(r.layer, r.which)][v * b:(v + 1) * b],
+                                                        heads=[index[r]])] for r, v in part]
+                        ld = run_with_interventions(model, cache, i, variants, start_at_layer=at)
+                        for (r, v), total in zip(part, ld.sum(1)):
+                            out[r][layer * cache.n_heads + block[v]] = total
+        for r in receivers:
+            sums[r].append(out[r])
+    scores = {r: _per_head_mean(cache, sums[r]) for r in receivers}
+    for r in receivers:
+        scores[r][r.layer:] = 0.0  # senders that cannot reach the input: 0 by definition
+    return scores
 
 
 def _frozen_resid_at_last(model, cache: RunCache, i: int, sender_layer: int) -> torch.Tensor:

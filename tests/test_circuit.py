@@ -165,6 +165,36 @@ def test_discovered_circuit_holds_the_head_that_restores_the_plain_answer(toy, t
     assert set(json.loads((tmp_path / "p.json").read_text())) == {"0", "1"}
 
 
+def test_planted_roles_are_recovered(tmp_path, one_torch_thread):
+    """A model whose three head groups are set by hand (tests/planted_circuit.py): the stage finds
+    exactly the planted previous-token, FI and consolidation heads, each edge of the chain carries the
+    whole effect, and the decoys (a second previous-token head and a second head attending to the
+    demos' answers, both read by nothing) stay out of the circuit though their attention qualifies."""
+    from planted_circuit import PLANTED, save_planted_checkpoint
+
+    from fi.io import write_jsonl
+    from fi.stages import evaluate_circuit, find_circuit
+
+    path = save_planted_checkpoint(tmp_path / "planted")
+    v = ADDITION.parse_variant("setting1_nmax9_offset1")
+    dataset = tmp_path / "add.jsonl"
+    write_jsonl(ADDITION.generate(v, PARAMS), dataset)
+    params = dict(threshold=0.05, depth=3, inputs=["v", "k", "q"], max_receivers=8, attention_threshold=0.2,
+                  max_examples=16, batch_size=8, completeness=dict(rollouts=2, steps=2, candidates=2, seed=0))
+    model = {"name": "planted", "path": str(path), "dtype": "float32"}
+    out = find_circuit(model, "addition", v.name, 4, str(dataset), str(tmp_path / "c.json"), str(tmp_path / "d.png"),
+                       str(tmp_path / "a.png"), str(tmp_path / "a.html"), params, device="cpu", threads=1)
+    assert out["groups"] == PLANTED and out["other"] == []
+    assert {(tuple(e["sender"]), e["receiver"]) for e in out["edges"]} == {((2, 0), "output"), ((1, 0), "2.0.v"),
+                                                                          ((0, 0), "1.0.v")}
+    assert all(e["score"] == pytest.approx(-1.0, abs=1e-4) for e in out["edges"])
+    stats = {(h["layer"], h["head"]): h for h in out["heads"]}
+    assert stats[(0, 1)]["answer_to_previous"] >= 0.2 and stats[(1, 1)]["read_to_demo_answers"] >= 0.2
+    ev = evaluate_circuit(model, str(tmp_path / "c.json"), str(dataset), str(tmp_path / "e.json"),
+                          str(tmp_path / "p.json"), params, device="cpu", threads=1)
+    assert ev["faithfulness"]["circuit"] == pytest.approx(1.0, abs=1e-4)
+
+
 def test_overlap_shares():
     a = {"function_induction": [[0, 3], [1, 1]], "consolidation": [[1, 0]]}
     b = {"function_induction": [[0, 3]], "consolidation": [[1, 2]]}

@@ -249,6 +249,31 @@ def test_formation_steps():
     assert f.loc[0, "first_step"] == 30 and f.loc[0, "formation_step"] == 30 and f.loc[1, "first_step"] == 20
 
 
+def test_formation_summary_over_seeds():
+    """Per run: the first FI head's formation step over seeds (mean, min, max, which head), the
+    delay against the baseline, and the final cf_acc."""
+    import numpy as np
+    import pandas as pd
+
+    from fi.dynamics import formation_summary
+
+    cell = dict(model="m", task="addition", variant="v", shots=4)
+    formed = {("baseline", 0): {(0, 3): 150, (1, 0): 300}, ("baseline", 1): {(0, 1): 200},
+              ("zero", 0): {(1, 0): 250}, ("zero", 1): {}}
+    formation = pd.DataFrame([dict(cell, run=r, seed=s, layer=a, head=b, formation_step=step, final_score=-0.5)
+                              for (r, s), heads in formed.items() for (a, b), step in heads.items()]
+                             + [dict(cell, run="zero", seed=1, layer=0, head=0, formation_step=np.nan, final_score=0.0)])
+    acc = {("baseline", 0): 1.0, ("baseline", 1): 0.9, ("zero", 0): 0.8, ("zero", 1): 0.2}
+    table = pd.DataFrame([dict(cell, run=r, seed=s, step=step, measure="cf_acc", layer=-1, head=-1,
+                               value=v if step == 350 else 0.0) for (r, s), v in acc.items() for step in (0, 350)])
+    out = formation_summary(table, formation).set_index("run")
+    assert out.loc["baseline", "formation_mean"] == 175 and out.loc["baseline", "formation_min"] == 150
+    assert out.loc["baseline", "fi_head_by_seed"] == "0:L0H3, 1:L0H1"
+    assert out.loc["zero", "n_formed"] == 1 and out.loc["zero", "formation_max"] == 250
+    assert out.loc["zero", "delay_vs_baseline"] == 75 and out.loc["zero", "fi_head_by_seed"] == "0:L1H0, 1:-"
+    assert out.loc["zero", "final_cf_acc_mean"] == pytest.approx(0.5) and out.loc["zero", "final_cf_acc_min"] == 0.2
+
+
 def test_prefetching_draws_the_same_batches(tmp_path, one_torch_thread):
     cfg = tiny_train_cfg(mix=MIX, steps=4, checkpoints=[2])
     train_model(cfg, tmp_path / "a", progress=False, prefetch=0)
@@ -257,3 +282,32 @@ def test_prefetching_draws_the_same_batches(tmp_path, one_torch_thread):
     a = torch.load(tmp_path / "a/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
     b = torch.load(tmp_path / "b/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
     assert a == b
+
+
+def test_fi_clamps_at_other_seeds_use_that_seeds_own_fi_head(tmp_path):
+    """`heads: fi` is the grid's FI head at the model's seed, and at another seed the FI head of that
+    seed's own baseline: picked from its final checkpoint's path scores by the discovery criterion."""
+    import pandas as pd
+
+    from fi import dynamics_runs
+    from fi.dynamics import fi_heads_from_measures
+
+    config = {"models": {"toy": {"builtin": True, "train": tiny_train_cfg(steps=10, checkpoint_every=5)}},
+              "dynamics": {"seeds": [0, 7], "runs": [{"name": "zero_fi", "clamps": [{"heads": "fi", "kind": "zero"}]}]}}
+    runs = dynamics_runs.runs(config)
+    by = {(r.name, r.seed): r for r in runs}
+    own = by[("zero_fi", 0)]
+    assert dynamics_runs.fi_heads_source(own, runs) == ("heads", "results/heads/toy.json")
+    other = by[("zero_fi", 7)]
+    assert dynamics_runs.fi_heads_source(other, runs) == (
+        "measures", "results/dynamics/toy/measures/baseline/seed7/step10.parquet")
+
+    cell = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
+    scores = {(0, 0): -0.1, (0, 3): -0.7, (1, 2): -0.4, (1, 1): 0.3}
+    rows = [{"measure": "path_output", **cell, "layer": a, "head": b, "value": v} for (a, b), v in scores.items()]
+    rows += [{"measure": "path_output", **cell, "variant": "maxlen1_offset1", "task": "cipher", "layer": 1,
+              "head": 1, "value": -0.9}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
+    discovery = {"cell": cell, "criterion": "top_k", "top_k": 1, "threshold": 0.2}
+    assert fi_heads_from_measures(str(tmp_path / "m.parquet"), discovery) == [[0, 3]]
+    assert fi_heads_from_measures(str(tmp_path / "m.parquet"), {**discovery, "criterion": "threshold"}) == [[0, 3], [1, 2]]

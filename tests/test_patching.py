@@ -48,6 +48,26 @@ def test_path_patching_equals_the_papers_two_pass_loop(model, receiver):
     assert scaled_close(ours, ref, patcher), (ours, ref)
 
 
+def test_a_receiver_set_equals_each_receiver_alone(tmp_path):
+    """path_patching_to_heads (one run 1 per sender for a whole level of the circuit search) gives each
+    receiver the scores of the paper's loop for that receiver alone, across layers and q / k / v, on
+    a 3-layer model with a known circuit (tests/planted_circuit.py), whose scores are O(1)."""
+    from planted_circuit import save_planted_checkpoint
+
+    from fi.models import load_model
+    from fi.patching import build_cache, path_patching_to_heads
+
+    model = load_model("planted", path=str(save_planted_checkpoint(tmp_path / "planted")), device="cpu")
+    data = data_for(model, n=6)
+    cache = build_cache(model, data, batch_size=4)
+    receivers = ["2.0.v", "2.1.q", "1.0.v", "1.0.k", "1.1.v"]
+    together = path_patching_to_heads(model, cache, receivers, rows_per_pass=8)
+    for receiver in receivers:
+        ref = reference_path_patching(model, data, receiver, batch=4)
+        assert torch.allclose(together[Receiver.parse(receiver)], ref, atol=1e-4), receiver
+    assert float(together[Receiver.parse("2.0.v")][1, 0]) == pytest.approx(-1.0, abs=1e-4)  # the planted F -> C edge
+
+
 def test_fast_output_path_is_used_and_equals_the_hooked_run(model):
     patcher = Patcher(model, data_for(model), batch_size=4)
     assert patcher.route.analytic_output_path  # pre-norm sequential blocks: Llama

@@ -202,7 +202,11 @@ def dynamics_outputs():
         return []
     fmt = config["plots"]["format"]
     models = sorted({r.model for r in DYN_RUNS if r.steps})
-    return ["results/tables/dynamics.parquet", "results/tables/dynamics_formation.parquet"] + [
+    return [
+        "results/tables/dynamics.parquet",
+        "results/tables/dynamics_formation.parquet",
+        "results/tables/dynamics_summary.parquet",
+    ] + [
         f"results/plots/dynamics_{m}.{fmt}" for m in models
     ]
 
@@ -213,7 +217,8 @@ def dyn_train_inputs(wc):
     if dyn.reference_steps(run):
         inputs["baseline"] = run.baseline(DYN_RUNS).folder
     if dyn.needs_fi_heads(run):
-        inputs["fi_heads"] = heads_path(run.model)
+        kind, path = dyn.fi_heads_source(run, DYN_RUNS)
+        inputs["fi_" + kind] = path
     return inputs
 
 

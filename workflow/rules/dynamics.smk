@@ -26,6 +26,7 @@ rule train_dynamics_run:
         code=code_hash("dynamics_train"),
         train=lambda wc: dyn_run(wc).train,
         clamps=lambda wc: dyn.clamp_entries(dyn_run(wc)),
+        discovery=config["discovery"],
     script:
         "../scripts/dynamics_train.py"
 
@@ -59,6 +60,7 @@ rule aggregate_dynamics:
     output:
         table="results/tables/dynamics.parquet",
         formation="results/tables/dynamics_formation.parquet",
+        summary="results/tables/dynamics_summary.parquet",
     log:
         "logs/aggregate_dynamics.log",
     conda:
