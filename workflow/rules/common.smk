@@ -206,9 +206,7 @@ def dynamics_outputs():
         "results/tables/dynamics.parquet",
         "results/tables/dynamics_formation.parquet",
         "results/tables/dynamics_summary.parquet",
-    ] + [
-        f"results/plots/dynamics_{m}.{fmt}" for m in models
-    ]
+    ] + [f"results/plots/dynamics_{m}.{fmt}" for m in models]
 
 
 def dyn_train_inputs(wc):
