@@ -119,12 +119,13 @@ def iterated_path_patching(model, cache: RunCache, threshold: float = 0.05, dept
     for _ in range(1, depth):
         found: list[tuple[Head, float]] = []
         done.update(frontier)
-        # nothing below layer 0 feeds a layer-0 head; with grouped-query attention a head's k / v
-        # input is its key-value group's, shared by the group's heads: computed once, for the first
+        # nothing below layer 0 feeds a layer-0 head; with grouped-query attention a head's key
+        # input is its key-value group's, shared by the group's heads (fi.patching.
+        # path_patching_to_heads): computed once, for the first; q and v inputs are each head's own
         receivers = [Receiver(head[0], head[1], which) for head in frontier if head[0] > 0 for which in inputs]
 
         def key(r: Receiver) -> tuple:
-            return (r.layer, r.which, r.head if r.which == "q" else r.head // group)
+            return (r.layer, r.which, r.head // group if r.which == "k" else r.head)
         todo = list({key(r): r for r in reversed(receivers) if key(r) not in computed}.values())
         if todo:  # the level's receivers in one set: one run 1 per sender for all of them
             for r, scores in path_patching_to_heads(model, cache, todo, rows_per_pass).items():

@@ -35,7 +35,7 @@ from functools import cached_property
 import torch
 
 from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
-from fi.interventions import Intervention, by_layer, hooks_for, qkv_hook, z_hook
+from fi.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
 from fi.io import progress
 from fi.readout import FINAL_RESID, ROUTE_RTOL, run_to_final_resid, unembed_tokens
 
@@ -503,7 +503,12 @@ def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver 
     normal), so one run 1 per sender, from the sender's layer up to the highest receiver, captures
     every receiver's input; run 2 (the contrast run from a receiver's layer on, that input patched
     in) is stacked over the receivers of one layer. A sender at or above a receiver's layer cannot
-    reach its input: its score is exactly 0 (run 2 is then the clean contrast run)."""
+    reach its input: its score is exactly 0 (run 2 is then the clean contrast run).
+
+    With grouped-query attention a value input belongs to one query head, as in an ungrouped model
+    (TransformerLens' `ungroup_grouped_query_attention`): only that head sees the patched values
+    (`value_seen_by_one_head`). A key input stays its key-value group's (every head of the group
+    sees it): the pattern would have to be recomputed inside the attention for one head alone."""
     receivers = list(dict.fromkeys(Receiver.parse(r) if isinstance(r, str) else r for r in receivers))
     if any(r.is_output for r in receivers):
         raise ValueError("path_patching_to_heads: receivers are head inputs (L.H.q|k|v); "
@@ -535,10 +540,16 @@ def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver 
                 for at in sorted({r.layer for r in reached}):
                     pairs = [(r, v) for r in reached if r.layer == at for v in range(len(block))]
                     for part in _blocks(pairs, b, rows_per_pass):
-                        variants = [[Intervention.patch(qkv_hook(r.layer, r.which),
-                                                        captured[qkv_hook(r.layer, r.which)][v * b:(v + 1) * b],
-                                                        heads=[index[r]])] for r, v in part]
-                        ld = run_with_interventions(model, cache, i, variants, start_at_layer=at)
+                        variants, one_head_values = [], []
+                        for k, (r, v) in enumerate(part):
+                            x = captured[qkv_hook(r.layer, r.which)][v * b:(v + 1) * b]
+                            if r.which == "v" and group > 1:
+                                variants.append([])
+                                one_head_values.append((k, r.head, x[:, :, index[r]]))
+                            else:
+                                variants.append([Intervention.patch(qkv_hook(r.layer, r.which), x, heads=[index[r]])])
+                        ld = run_with_interventions(model, cache, i, variants, start_at_layer=at,
+                                                    extra_hooks=value_seen_by_one_head(at, one_head_values, b))
                         for (r, v), total in zip(part, ld.sum(1)):
                             out[r][layer * cache.n_heads + block[v]] = total
         for r in receivers:
@@ -547,6 +558,28 @@ def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver 
     for r in receivers:
         scores[r][r.layer:] = 0.0  # senders that cannot reach the input: 0 by definition
     return scores
+
+
+def value_seen_by_one_head(layer: int, values: Sequence[tuple[int, int, torch.Tensor]], b: int) -> list:
+    """Hooks for run 2 of path patching to single query heads' value inputs under grouped-query
+    attention, for the stacked variants `values` = (variant k, query head, its patched values
+    [B, T, d_head]): the head's output is recomputed as its attention pattern (unchanged: q and k are
+    the clean run's) times those values; the other heads of its key-value group keep the clean values."""
+    if not values:
+        return []
+    store = {}
+
+    def keep_pattern(pattern, hook):
+        store["pattern"] = pattern
+        return pattern
+
+    def one_head(z, hook):
+        z = z.clone()
+        for k, head, v in values:
+            rows = slice(k * b, (k + 1) * b)
+            z[rows, :, head] = torch.einsum("bts,bsd->btd", store["pattern"][rows, head].to(z.dtype), v.to(z.dtype))
+        return z
+    return [(pattern_hook(layer), keep_pattern), (z_hook(layer), one_head)]
 
 
 def _frozen_resid_at_last(model, cache: RunCache, i: int, sender_layer: int) -> torch.Tensor:

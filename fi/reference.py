@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from fi.interventions import pattern_hook
 from fi.patching import PatchingData, Receiver, logit_diff, qkv_hook, z_hook
 
 
@@ -76,7 +77,20 @@ def reference_path_patching(model, data: PatchingData, receiver: Receiver | str 
                         def put(x, hook):
                             x[:, :, which] = store["x"]
                             return x
-                        logits = b.run_with_hooks(contrast, fwd_hooks=[(name, put)])
+                        if receiver.which == "v" and n_kv < H:
+                            # one query head's value input (as in an ungrouped model): that head's
+                            # output is its unchanged pattern times the patched values
+                            def keep(p, hook):
+                                store["p"] = p[:, receiver.head].clone()
+                                return p
+
+                            def head_z(z, hook):
+                                z[:, :, receiver.head] = store["p"] @ store["x"]
+                                return z
+                            fwd = [(pattern_hook(receiver.layer), keep), (z_hook(receiver.layer), head_z)]
+                        else:
+                            fwd = [(name, put)]
+                        logits = b.run_with_hooks(contrast, fwd_hooks=fwd)
                 total += float(_ld(model, chunk, logits).sum())
             out[layer, head] = total / data.size
     return (out - ld_c) / (ld_c - ld_n)

@@ -68,6 +68,46 @@ def test_a_receiver_set_equals_each_receiver_alone(tmp_path):
     assert float(together[Receiver.parse("2.0.v")][1, 0]) == pytest.approx(-1.0, abs=1e-4)  # the planted F -> C edge
 
 
+def _ungrouped_copy(grouped_dir, out_dir):
+    """The same Llama with one key-value head per query head: each group's k / v projections repeated
+    for its heads (TransformerLens' ungroup_grouped_query_attention), so its logits are the same."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    src = AutoModelForCausalLM.from_pretrained(grouped_dir)
+    cfg = src.config
+    group = cfg.num_attention_heads // cfg.num_key_value_heads
+    cfg_out = type(cfg).from_dict({**cfg.to_dict(), "num_key_value_heads": cfg.num_attention_heads})
+    dst = LlamaForCausalLM(cfg_out)
+    state = src.state_dict()
+    d_head = cfg.hidden_size // cfg.num_attention_heads
+    for name, w in list(state.items()):
+        if name.endswith(("k_proj.weight", "v_proj.weight")):
+            state[name] = w.reshape(cfg.num_key_value_heads, d_head, -1).repeat_interleave(group, 0).reshape(-1, w.shape[-1])
+    dst.load_state_dict(state)
+    dst.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(grouped_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def test_a_value_receiver_is_one_query_heads_under_grouped_query_attention(gqa_model, tiny_gqa_llama_dir, tmp_path):
+    """With grouped-query attention, path patching to head h's value input patches the values only
+    head h sees: equal to the paper's loop on the ungrouped copy of the model (one key-value head per
+    query head), and different for two heads of one group."""
+    from fi.models import load_model
+
+    ungrouped = load_model("ungrouped", path=str(_ungrouped_copy(tiny_gqa_llama_dir, tmp_path / "u")), device="cpu")
+    data = data_for(gqa_model)
+    patcher = Patcher(gqa_model, data, batch_size=3, rows_per_pass=8)
+    assert abs(patcher.ld_contrast - Patcher(ungrouped, data, batch_size=3).ld_contrast) < 1e-4  # same model
+    for receiver in ("1.0.v", "1.1.v"):
+        ours = patcher.path_patching(receiver)
+        ref = reference_path_patching(ungrouped, data, receiver, batch=4)
+        assert scaled_close(ours, ref, patcher), (receiver, ours, ref)
+        assert scaled_close(ours, reference_path_patching(gqa_model, data, receiver, batch=4), patcher)
+    # heads 0 and 1 share a key-value head (4 query heads on 2), yet their value inputs differ
+    assert not torch.allclose(patcher.path_patching("1.0.v")[0], patcher.path_patching("1.1.v")[0])
+
+
 def test_fast_output_path_is_used_and_equals_the_hooked_run(model):
     patcher = Patcher(model, data_for(model), batch_size=4)
     assert patcher.route.analytic_output_path  # pre-norm sequential blocks: Llama
