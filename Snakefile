@@ -15,6 +15,11 @@ if not workflow.overwrite_configfiles:
     configfile: "config.yaml"
 
 
+# Jobs share few cores: OpenMP's default (active) waiting makes a 2-thread job spin on both cores
+# while it waits, 4-7x slower when another job shares them (bench/bench_training.py); passive
+# waiting costs a 2-thread job little alone. Set before any job process imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Hub model names are checked (local HF cache, or the hub) once, by the main snakemake process; the
 # job processes a cluster starts do not repeat it (see fi.hub.hub_check_mode).
 if not workflow.is_main_process:

@@ -122,8 +122,8 @@ def test_the_model_jobs_went_through_sbatch(slurm_run, record_property):
     for jobid, _ in submitted:
         comment, cpus, state = queue[jobid]
         assert state == "COMPLETED", (jobid, comment, state)
-        # cpus-per-task is the rule's threads: 2 for attribution, 1 for training (as in the local run)
-        expected_cpus = 2 if comment.startswith("rule_attribute") else 1
+        # cpus-per-task is the rule's threads: 2 for attribution and training (as in the local run)
+        expected_cpus = 2 if comment.startswith(("rule_attribute", "rule_train_model")) else 1
         assert cpus == expected_cpus, (jobid, comment, cpus)
 
 
@@ -136,13 +136,12 @@ def _job_block(log_text: str, rule: str) -> str:
 
 def test_training_used_the_same_threads_as_the_local_run(slurm_run, tmp_path_factory):
     """Training is deterministic for a fixed thread count: the SLURM job ran train_model with the
-    thread of the local run (the rule's `threads: 1`; one and two threads train bit-identical
-    weights, tests/test_dynamics.py, and one is faster at this model size)."""
+    threads of the local run (the rule's `threads: 2`; one and two threads train bit-identical
+    weights, tests/test_dynamics.py)."""
     (log,) = (slurm_run["workdir"] / ".snakemake/slurm_logs/rule_train_model").rglob("*.log")
-    # snakemake prints a job's threads only when there are more than one
-    assert "    threads:" not in _job_block(log.read_text(), "train_model")
+    assert "    threads: 2" in _job_block(log.read_text(), "train_model")
     (local_log,) = (base_run(tmp_path_factory) / ".snakemake/log").glob("*.snakemake.log")
-    assert "    threads:" not in _job_block(local_log.read_text(), "train_model")
+    assert "    threads: 2" in _job_block(local_log.read_text(), "train_model")
 
 
 @pytest.mark.parametrize("table", TABLES)
