@@ -216,7 +216,7 @@ def dyn_train_inputs(wc):
         inputs["baseline"] = run.baseline(DYN_RUNS).folder
     if dyn.needs_fi_heads(run):
         kind, path = dyn.fi_heads_source(run, DYN_RUNS)
-        inputs["fi_" + kind] = path
+        inputs[f"fi_{kind}"] = path
     return inputs
 
 
