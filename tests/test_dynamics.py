@@ -218,11 +218,14 @@ def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(t
     att = final[final["measure"] == "attn_query_answers"]["value"]
     assert len(att) == 8 and ((att >= 0) & (att <= 1)).all()
     assert {f"heldout_loss_{s}" for s in ("addition", "letter_shift", "repeated_tokens")} <= set(final["measure"])
-    aggregate_dynamics([str(p) for p in outs], 0.2, str(tmp_path / "dyn.parquet"), str(tmp_path / "form.parquet"))
+    aggregate_dynamics([str(p) for p in outs], 0.2, str(tmp_path / "dyn.parquet"), str(tmp_path / "form.parquet"),
+                       str(tmp_path / "summary.parquet"))
     table = pd.read_parquet(tmp_path / "dyn.parquet")
     assert sorted(table["step"].unique()) == [0, 4, 8]
     form = pd.read_parquet(tmp_path / "form.parquet")
     assert len(form) == 8 and {"formation_step", "first_step"} <= set(form.columns)
+    summary = pd.read_parquet(tmp_path / "summary.parquet")
+    assert summary[["run", "n_seeds"]].values.tolist() == [["baseline", 1]]
     plot_model_dynamics(str(tmp_path / "dyn.parquet"), str(tmp_path / "form.parquet"), "fi-toy", str(tmp_path / "d.png"))
     assert (tmp_path / "d.png").stat().st_size > 0
 
