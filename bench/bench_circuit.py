@@ -57,11 +57,11 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench.bench_patching import timed
+from bench.bench_patching import paper_sender_loop, timed
 from fi import circuit as fc
 from fi.models import load_model
-from fi.patching import Receiver, build_cache, build_patching_data, logit_diff, qkv_hook
-from fi.reference import frozen_z_hooks, reference_path_patching
+from fi.patching import Receiver, build_cache, build_patching_data, logit_diff
+from fi.reference import frozen_z_hooks, head_receiver_logits, reference_path_patching
 from fi.tasks import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,11 +82,14 @@ def discovery_data(model, n):
 
 
 class Recorder:
-    """Wraps fi.circuit's `path_patching` to record every receiver the stage visits and its scores."""
+    """Wraps fi.circuit's `path_patching` (the output) and `path_patching_to_heads` (a level's
+    receiver set) to record every receiver the stage visits and its scores; a set's seconds are
+    split evenly over its receivers."""
 
     def __init__(self):
         self.calls: list[tuple[str, torch.Tensor, float]] = []
         self.inner = fc.path_patching
+        self.inner_set = fc.path_patching_to_heads
 
     def __enter__(self):
         def recorded(model, cache, receiver, *a, **k):
@@ -94,11 +97,18 @@ class Recorder:
             out = self.inner(model, cache, receiver, *a, **k)
             self.calls.append((str(receiver), out.clone(), time.perf_counter() - t0))
             return out
-        fc.path_patching = recorded
+
+        def recorded_set(model, cache, receivers, *a, **k):
+            t0 = time.perf_counter()
+            out = self.inner_set(model, cache, receivers, *a, **k)
+            share = (time.perf_counter() - t0) / max(1, len(out))
+            self.calls += [(str(r), scores.clone(), share) for r, scores in out.items()]
+            return out
+        fc.path_patching, fc.path_patching_to_heads = recorded, recorded_set
         return self
 
     def __exit__(self, *exc):
-        fc.path_patching = self.inner
+        fc.path_patching, fc.path_patching_to_heads = self.inner, self.inner_set
 
 
 class RunCounter:
@@ -138,71 +148,45 @@ def unstacked_search(model, cache, circuit, *args):
 
 
 def kv_sharing(model, calls):
-    """Head receivers that share a key-value group: path patching to a GQA head's v input patches
-    the group's one v (fi.patching and fi.reference alike), so such receivers get identical scores."""
+    """Head receivers that share a key-value group: path patching to a GQA head's k input patches
+    the group's one k (fi.patching and fi.reference alike), so such receivers get identical scores;
+    q and v inputs are each head's own."""
     H = model.n_heads
     n_kv = int(getattr(model.bridge.cfg, "n_key_value_heads", None) or H)
     groups: dict = {}
     for r, scores, _ in calls:
         if r != "output":
             rec = Receiver.parse(r)
-            groups.setdefault((rec.layer, rec.head // (H // n_kv)), []).append((r, scores))
+            key = (rec.layer, rec.which, rec.head // (H // n_kv) if rec.which == "k" else rec.head)
+            groups.setdefault(key, []).append((r, scores))
     shared = [g for g in groups.values() if len(g) > 1]
     same = all(torch.equal(g[0][1], x[1]) for g in shared for x in g[1:])
     n_head = sum(len(g) for g in groups.values())
-    return (f"{n_head} head receivers in {len(groups)} key-value groups ({H} query heads / {n_kv} kv heads a layer)"
-            + (f"; receivers sharing a group, identical scores: {same} ("
+    return (f"{n_head} head receivers, {len(groups)} distinct inputs ({H} query heads / {n_kv} kv heads a layer; "
+            "k inputs shared by a group)"
+            + (f"; receivers sharing a key input, identical scores: {same} ("
                + "; ".join(", ".join(r for r, _ in g) for g in shared) + ")" if shared else ""))
 
 
 def paper_loop(model, data, receiver: Receiver, senders, batch=4):
     """The paper's per-receiver loop on `senders`: per batch of 4 prompts the normal and contrast runs
     (z cached, LDs from full logits), then per sender run 1 (frozen z, the sender's normal) and, for a
-    head receiver, run 2 (clean contrast run, the receiver's input from run 1). Full passes, full
-    logits. Returns ({sender: normalised score}, baseline seconds, sender seconds)."""
+    head receiver, run 2 (clean contrast run, the receiver's input from run 1;
+    fi.reference.head_receiver_logits). Full passes, full logits. Returns ({sender: normalised
+    score}, baseline seconds, sender seconds)."""
     b = model.bridge
     L, H = model.n_layers, model.n_heads
     n_kv = int(getattr(b.cfg, "n_key_value_heads", None) or H)
-    sums = dict.fromkeys(senders, 0.0)
-    ld_n = ld_c = t_base = t_send = 0.0
-    for i in range(0, data.size, batch):
-        chunk = data.subset(slice(i, i + batch))
-        normal, contrast = chunk.normal.to(model.device), chunk.contrast.to(model.device)
 
-        def ld(logits):
-            return float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            logits_n, cache_n = b.run_with_cache(normal, names_filter=lambda n: n.endswith("hook_z"))
-            logits_c, cache_c = b.run_with_cache(contrast, names_filter=lambda n: n.endswith("hook_z"))
-            ld_n, ld_c = ld_n + ld(logits_n), ld_c + ld(logits_c)
-            del logits_n, logits_c
-            t1 = time.perf_counter()
-            for layer, head in senders:
-                hooks = frozen_z_hooks(cache_c, cache_n, L, layer, head)
-                if receiver.is_output:
-                    logits = b.run_with_hooks(contrast, fwd_hooks=hooks)
-                else:
-                    which = receiver.head if receiver.which == "q" else receiver.head // (H // n_kv)
-                    store = {}
-
-                    def grab(x, hook):
-                        store["x"] = x[:, :, which].clone()
-                        return x
-
-                    def put(x, hook):
-                        x[:, :, which] = store["x"]
-                        return x
-                    name = qkv_hook(receiver.layer, receiver.which)
-                    b.run_with_hooks(contrast, fwd_hooks=hooks + [(name, grab)])
-                    logits = b.run_with_hooks(contrast, fwd_hooks=[(name, put)])
-                sums[(layer, head)] += ld(logits)
-            t2 = time.perf_counter()
-        t_base += t1 - t0
-        t_send += t2 - t1
-    n = data.size
-    ld_n, ld_c = ld_n / n, ld_c / n
-    return {s: (v / n - ld_c) / (ld_c - ld_n) for s, v in sums.items()}, t_base, t_send
+    def sender_ld(chunk, cache_c, cache_n, layer, head):
+        hooks = frozen_z_hooks(cache_c, cache_n, L, layer, head)
+        contrast = chunk.contrast.to(model.device)
+        if receiver.is_output:
+            logits = b.run_with_hooks(contrast, fwd_hooks=hooks)
+        else:
+            logits = head_receiver_logits(b, contrast, hooks, receiver, H, n_kv)
+        return float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
+    return paper_sender_loop(model, data, senders, sender_ld, batch)
 
 
 def stage(model, data, batch_size, threshold, depth, max_receivers, repeat=1):

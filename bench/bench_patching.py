@@ -49,6 +49,35 @@ def paper_sender_ld(b, chunk, cache_c, cache_n, n_layers, layer, head) -> float:
     return float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
 
 
+def paper_sender_loop(model, data, senders, sender_ld, batch=4):
+    """The paper's loop on `senders`: per batch of 4 prompts the normal and contrast runs (z cached,
+    LDs from full logits), then `sender_ld(chunk, cache_c, cache_n, layer, head)` (the batch's summed
+    logit difference with that sender patched) per sender. Returns ({sender: normalised score},
+    baseline seconds, seconds spent on the senders)."""
+    b = model.bridge
+    sums = dict.fromkeys(senders, 0.0)
+    ld_n = ld_c = t_base = t_send = 0.0
+    for i in range(0, data.size, batch):
+        chunk = data.subset(slice(i, i + batch))
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits_n, cache_n = b.run_with_cache(chunk.normal.to(model.device), names_filter=lambda n: n.endswith("hook_z"))
+            logits_c, cache_c = b.run_with_cache(chunk.contrast.to(model.device),
+                                                 names_filter=lambda n: n.endswith("hook_z"))
+            ld_n += float(logit_diff(logits_n, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
+            ld_c += float(logit_diff(logits_c, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
+            del logits_n, logits_c
+            t1 = time.perf_counter()
+            for layer, head in senders:
+                sums[(layer, head)] += sender_ld(chunk, cache_c, cache_n, layer, head)
+            t2 = time.perf_counter()
+        t_base += t1 - t0
+        t_send += t2 - t1
+    n = data.size
+    ld_n, ld_c = ld_n / n, ld_c / n
+    return {s: (v / n - ld_c) / (ld_c - ld_n) for s, v in sums.items()}, t_base, t_send
+
+
 def paper_loop_output(model, data, batch=4):
     """Two full forward passes per sender head per batch of 4 prompts (run 1 frozen, run 2 patched)."""
     b = model.bridge

@@ -39,11 +39,11 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.bench_evaluate import paper_loop
-from bench.bench_patching import paper_sender_ld
+from bench.bench_patching import paper_sender_ld, paper_sender_loop
 from fi.answers import answer_vocabulary
 from fi.evaluation import encode_examples, evaluate_task, model_inputs, score_examples
 from fi.models import load_model
-from fi.patching import Patcher, build_patching_data, logit_diff
+from fi.patching import Patcher, build_patching_data
 from fi.tasks import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,32 +79,12 @@ def non_embedding_params(model) -> int:
 
 
 def paper_path_loop(model, data, senders, batch=4):
-    """bench_patching.paper_loop_output restricted to `senders`: per batch of 4 prompts, the normal
-    and contrast runs (z cached, LDs from full logits), then per sender two full forward passes.
+    """bench_patching.paper_loop_output restricted to `senders` (two full forward passes a sender).
     Returns (normalised scores {sender: score}, baseline seconds, seconds spent on the senders)."""
-    b = model.bridge
-    L = model.n_layers
-    sums = dict.fromkeys(senders, 0.0)
-    ld_n = ld_c = 0.0
-    t_base = t_send = 0.0
-    for i in range(0, data.size, batch):
-        chunk = data.subset(slice(i, i + batch))
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            logits_n, cache_n = b.run_with_cache(chunk.normal, names_filter=lambda n: n.endswith("hook_z"))
-            logits_c, cache_c = b.run_with_cache(chunk.contrast, names_filter=lambda n: n.endswith("hook_z"))
-            ld_n += float(logit_diff(logits_n, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
-            ld_c += float(logit_diff(logits_c, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
-            del logits_n, logits_c
-            t1 = time.perf_counter()
-            for layer, head in senders:
-                sums[(layer, head)] += paper_sender_ld(b, chunk, cache_c, cache_n, L, layer, head)
-            t2 = time.perf_counter()
-        t_base += t1 - t0
-        t_send += t2 - t1
-    n = data.size
-    ld_n, ld_c = ld_n / n, ld_c / n
-    return {s: (v / n - ld_c) / (ld_c - ld_n) for s, v in sums.items()}, t_base, t_send
+    b, L = model.bridge, model.n_layers
+    return paper_sender_loop(model, data, senders,
+                             lambda chunk, cache_c, cache_n, layer, head:
+                             paper_sender_ld(b, chunk, cache_c, cache_n, L, layer, head), batch)
 
 
 def timed(fn):

@@ -44,6 +44,39 @@ def reference_baselines(model, data: PatchingData, batch: int = 4):
     return float(torch.cat(n).mean()), float(torch.cat(c).mean())
 
 
+def head_receiver_logits(bridge, contrast, run1_hooks, receiver: Receiver, n_heads: int, n_kv: int) -> torch.Tensor:
+    """Path patching's two passes to a head's q / k / v input, plainly: run 1 (`run1_hooks`, the
+    frozen heads and the sender's normal z) captures the receiver's input, run 2 is a clean contrast
+    run with that input patched in; run 2's logits. Under grouped-query attention a value input is
+    one query head's (as in the ungrouped model): that head's output is its unchanged pattern times
+    the patched values. A key input is its key-value group's."""
+    which = receiver.head if receiver.which == "q" else receiver.head // (n_heads // n_kv)
+    name = qkv_hook(receiver.layer, receiver.which)
+    store = {}
+
+    def grab(x, hook):
+        store["x"] = x[:, :, which].clone()
+        return x
+    bridge.run_with_hooks(contrast, fwd_hooks=run1_hooks + [(name, grab)])
+
+    def put(x, hook):
+        x[:, :, which] = store["x"]
+        return x
+
+    def keep(p, hook):
+        store["p"] = p[:, receiver.head].clone()
+        return p
+
+    def head_z(z, hook):
+        z[:, :, receiver.head] = store["p"] @ store["x"]
+        return z
+    if receiver.which == "v" and n_kv < n_heads:
+        fwd = [(pattern_hook(receiver.layer), keep), (z_hook(receiver.layer), head_z)]
+    else:
+        fwd = [(name, put)]
+    return bridge.run_with_hooks(contrast, fwd_hooks=fwd)
+
+
 def reference_path_patching(model, data: PatchingData, receiver: Receiver | str = "output", batch: int = 4) -> torch.Tensor:
     """The paper's per-sender two-pass path patching, normalised as in fi.patching."""
     receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
@@ -65,32 +98,7 @@ def reference_path_patching(model, data: PatchingData, receiver: Receiver | str 
                     if receiver.is_output:  # pass 1 is the whole story
                         logits = b.run_with_hooks(contrast, fwd_hooks=hooks)
                     else:
-                        which = receiver.head if receiver.which == "q" else receiver.head // (H // n_kv)
-                        name = qkv_hook(receiver.layer, receiver.which)
-                        store = {}
-
-                        def grab(x, hook):
-                            store["x"] = x[:, :, which].clone()
-                            return x
-                        b.run_with_hooks(contrast, fwd_hooks=hooks + [(name, grab)])
-
-                        def put(x, hook):
-                            x[:, :, which] = store["x"]
-                            return x
-                        if receiver.which == "v" and n_kv < H:
-                            # one query head's value input (as in an ungrouped model): that head's
-                            # output is its unchanged pattern times the patched values
-                            def keep(p, hook):
-                                store["p"] = p[:, receiver.head].clone()
-                                return p
-
-                            def head_z(z, hook):
-                                z[:, :, receiver.head] = store["p"] @ store["x"]
-                                return z
-                            fwd = [(pattern_hook(receiver.layer), keep), (z_hook(receiver.layer), head_z)]
-                        else:
-                            fwd = [(name, put)]
-                        logits = b.run_with_hooks(contrast, fwd_hooks=fwd)
+                        logits = head_receiver_logits(b, contrast, hooks, receiver, H, n_kv)
                 total += float(_ld(model, chunk, logits).sum())
             out[layer, head] = total / data.size
     return (out - ld_c) / (ld_c - ld_n)
