@@ -233,7 +233,8 @@ def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None
     """Train one dynamics run. `clamps` are config entries; heads 'fi' are the baseline's FI heads:
     the grid's (`fi_heads`, a results/heads/<model>.json) at the model's own seed, else picked from
     the seed's own baseline (`fi_measures`, its final checkpoint's measures, by the `discovery`
-    criterion). A *_ref clamp's reference is the baseline's checkpoint at its `reference` step
+    criterion). With a `cell`, they are that cell's FI heads, picked the same way from `fi_measures`
+    at every seed. A *_ref clamp's reference is the baseline's checkpoint at its `reference` step
     (null: the baseline's final model). The clamps as applied (heads resolved) are saved in the run
     folder as clamps.json."""
     import json
@@ -245,7 +246,9 @@ def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None
     values, applied = [], []
     for entry in clamps:
         entry = dict(entry)
-        if entry.get("heads") == "fi":
+        if entry.get("heads") == "fi" and entry.get("cell"):  # that cell's FI heads in this seed's baseline
+            entry["heads"] = fi_heads_from_measures(fi_measures, {**discovery, "cell": entry["cell"]})
+        elif entry.get("heads") == "fi":
             entry["heads"] = (json.loads(Path(fi_heads).read_text())["heads"] if fi_heads
                               else fi_heads_from_measures(fi_measures, discovery))
         reference = None

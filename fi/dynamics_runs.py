@@ -90,10 +90,23 @@ def runs(config: dict) -> list[Run]:
                 grid_model = spec["name"] == "baseline" and seed == int(train["seed"])
                 out.append(Run(m.id, spec["name"], seed, cfg, tuple(_freeze(c) for c in spec.get("clamps", [])),
                                grid_model))
+    measured = [c for c in [config.get("discovery", {}).get("cell"), *dyn.get("cells", [])] if c]
+    for spec in dyn["runs"]:
+        for clamp in spec.get("clamps", []):
+            cell = clamp.get("cell")
+            if cell and clamp.get("heads") != "fi":
+                raise ConfigError(f"dynamics.runs.{spec['name']}.clamps: 'cell' {cell} needs heads: fi")
+            if cell and not any(_same_cell(cell, c) for c in measured):
+                raise ConfigError(f"dynamics.runs.{spec['name']}.clamps: cell {cell} is not measured on the "
+                                  f"checkpoints; add it to dynamics.cells (measured: {measured})")
     names = [r["name"] for r in dyn["runs"]]
     if len(set(names)) != len(names) or "baseline" in names:
         raise ConfigError(f"dynamics.runs: names must be unique and not 'baseline': {names}")
     return out
+
+
+def _same_cell(a: dict, b: dict) -> bool:
+    return (a["task"], a["variant"], int(a["shots"])) == (b["task"], b["variant"], int(b["shots"]))
 
 
 def _freeze(entry: dict) -> tuple:
@@ -101,15 +114,29 @@ def _freeze(entry: dict) -> tuple:
 
 
 def _freeze_value(v):
+    if isinstance(v, dict):
+        return ("__dict__", _freeze(v))
     return tuple(_freeze_value(x) for x in v) if isinstance(v, (list, tuple)) else v
 
 
+def _thaw_value(v):
+    if isinstance(v, tuple) and len(v) == 2 and v[0] == "__dict__":
+        return {k: _thaw_value(x) for k, x in v[1]}
+    return list(v) if isinstance(v, tuple) else v  # one level, as the params of earlier runs recorded
+
+
 def clamp_entries(run: Run) -> list[dict]:
-    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in c} for c in run.clamps]
+    return [{k: _thaw_value(v) for k, v in c} for c in run.clamps]
 
 
 def needs_fi_heads(run: Run) -> bool:
-    return any(e.get("heads") == "fi" for e in clamp_entries(run))
+    """A clamp on `heads: fi` without a `cell`: the FI heads of the discovery cell."""
+    return any(e.get("heads") == "fi" and not e.get("cell") for e in clamp_entries(run))
+
+
+def needs_cell_heads(run: Run) -> bool:
+    """A clamp on `heads: fi` with a `cell`: that cell's FI heads in the seed's own baseline."""
+    return any(e.get("heads") == "fi" and e.get("cell") for e in clamp_entries(run))
 
 
 def fi_heads_source(run: Run, all_runs: list[Run]) -> tuple[str, str]:
@@ -121,6 +148,14 @@ def fi_heads_source(run: Run, all_runs: list[Run]) -> tuple[str, str]:
     if base.is_grid_model:
         return "heads", f"{RESULTS}/heads/{run.model}.json"
     return "measures", base.measures_path(base.steps[-1])
+
+
+def baseline_final_measures(run: Run, all_runs: list[Run]) -> str:
+    """The measures of the final checkpoint of the run's baseline (same model and seed): where a
+    `heads: fi` clamp with a `cell` takes that cell's FI heads from, at every seed (the grid's own
+    heads file covers the discovery cell only)."""
+    base = run.baseline(all_runs)
+    return base.measures_path(base.steps[-1])
 
 
 def reference_steps(run: Run) -> list:

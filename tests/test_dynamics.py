@@ -287,6 +287,49 @@ def test_prefetching_draws_the_same_batches(tmp_path, one_torch_thread):
     assert a == b
 
 
+def test_fi_clamps_of_another_cell_use_each_seeds_baseline(tmp_path):
+    """`heads: fi` with a `cell` (the cipher's FI head) comes from the final measures of the same
+    seed's baseline at every seed, the model's own included; a cell the checkpoints do not measure is
+    refused when the DAG is planned, naming it."""
+    import json
+
+    import pandas as pd
+
+    from fi import dynamics_runs
+    from fi.dynamics import train_run
+    from fi.grid import ConfigError
+
+    cipher = {"task": "cipher", "variant": "maxlen1_offset1", "shots": 4}
+    addition = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
+    train = tiny_train_cfg(steps=4, checkpoint_every=2)
+    config = {"models": {"toy": {"builtin": True, "train": train}}, "discovery": {"cell": addition},
+              "dynamics": {"seeds": [0, 7], "cells": [cipher], "runs": [
+                  {"name": "zero_cipher_fi", "clamps": [{"heads": "fi", "cell": cipher, "kind": "zero"}]}]}}
+    runs = dynamics_runs.runs(config)
+    by = {(r.name, r.seed): r for r in runs}
+    for seed in (0, 7):
+        run = by[("zero_cipher_fi", seed)]
+        assert dynamics_runs.needs_cell_heads(run) and not dynamics_runs.needs_fi_heads(run)
+        assert dynamics_runs.baseline_final_measures(run, runs) == \
+            f"results/dynamics/toy/measures/baseline/seed{seed}/step4.parquet"
+        assert dynamics_runs.clamp_entries(run)[0]["cell"] == cipher
+
+    rows = [{"measure": "path_output", **addition, "layer": 0, "head": 0, "value": -0.9},
+            {"measure": "path_output", **cipher, "layer": 1, "head": 2, "value": -0.6},
+            {"measure": "path_output", **cipher, "layer": 0, "head": 1, "value": -0.1}]
+    pd.DataFrame(rows).to_parquet(tmp_path / "m.parquet")
+    discovery = {"cell": addition, "criterion": "top_k", "top_k": 1, "threshold": 0.2}
+    train_run(train, dynamics_runs.clamp_entries(by[("zero_cipher_fi", 7)]), str(tmp_path / "run"),
+              fi_measures=str(tmp_path / "m.parquet"), discovery=discovery, threads=1)
+    applied = json.loads((tmp_path / "run" / "clamps.json").read_text())
+    assert applied[0]["heads"] == [[1, 2]] and applied[0]["cell"] == cipher
+
+    elsewhere = {**cipher, "variant": "maxlen1_offset2"}
+    config["dynamics"]["runs"][0]["clamps"][0]["cell"] = elsewhere
+    with pytest.raises(ConfigError, match="maxlen1_offset2.*not measured"):
+        dynamics_runs.runs(config)
+
+
 def test_fi_clamps_at_other_seeds_use_that_seeds_own_fi_head(tmp_path):
     """`heads: fi` is the grid's FI head at the model's seed, and at another seed the FI head of that
     seed's own baseline: picked from its final checkpoint's path scores by the discovery criterion."""

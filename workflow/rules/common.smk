@@ -217,6 +217,8 @@ def dyn_train_inputs(wc):
     if dyn.needs_fi_heads(run):
         kind, path = dyn.fi_heads_source(run, DYN_RUNS)
         inputs[f"fi_{kind}"] = path
+    if dyn.needs_cell_heads(run):
+        inputs["fi_measures"] = dyn.baseline_final_measures(run, DYN_RUNS)
     return inputs
 
 
