@@ -183,7 +183,8 @@ class Route:
     residual_readout      LD from the final residual stream at the read position, through the final
                           norm and the two answers' unembedding rows only (else from full logits)
     analytic_output_path  path patching to the output computes run 1 analytically at the last
-                          position (pre-norm sequential blocks; else hooked runs)"""
+                          position (sequential blocks, post-sublayer norms included: Llama,
+                          GPT-2, Gemma-2/3; else hooked runs)"""
 
     residual_readout: bool
     analytic_output_path: bool
@@ -196,12 +197,44 @@ def _ld_from_resid(model, resid_last: torch.Tensor, normal_answer: torch.Tensor,
     return logits[:, 0] - logits[:, 1]
 
 
-def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: torch.Tensor) -> bool:
-    """The analytic run 1 (see _frozen_resid_at_last) assumes pre-norm sequential blocks:
-    resid_mid = resid_pre + attn_out and resid_post = resid_mid + mlp(ln2(resid_mid)). Checked on
-    this model by rebuilding the contrast run's LD that way from its head outputs (`contrast`: that
-    run's z and first resid_pre, and `expected`: its LD from full logits);
-    architectures that differ (parallel attention and MLP, extra norms: Gemma-2) take the hooked run 1."""
+def _post_norm(block, name: str):
+    """The block's norm applied to a sublayer's output before it joins the residual stream
+    (Gemma-2/3: `ln1_post` after attention, `ln2_post` after the MLP), or None."""
+    return getattr(block, name, None)
+
+
+def _attn_write(block, z_flat: torch.Tensor) -> torch.Tensor:
+    """What the attention sublayer adds to the residual stream, from head outputs [N, 1, H * d_head]:
+    the output projection, then the post-attention norm where the block has one. [N, d_model]"""
+    out = block.attn.o(z_flat)
+    post = _post_norm(block, "ln1_post")
+    return (out if post is None else post(out))[:, 0]
+
+
+def _mlp_write(block, resid: torch.Tensor) -> torch.Tensor:
+    """What the MLP sublayer adds to the residual stream [N, d_model] (pre-norm, MLP, post-norm)."""
+    out = block.mlp(block.ln2(resid[:, None]))
+    post = _post_norm(block, "ln2_post")
+    return (out if post is None else post(out))[:, 0]
+
+
+def _final_ld(model, resid: torch.Tensor, normal_answer: torch.Tensor, contrast_answer: torch.Tensor,
+              residual_readout: bool) -> torch.Tensor:
+    """LD per row from final-residual vectors [N, d_model], by the route's reader."""
+    if residual_readout:
+        return _ld_from_resid(model, resid, normal_answer, contrast_answer)
+    logits = model.bridge.unembed(model.bridge.ln_final(resid[:, None]))
+    return logit_diff(logits, torch.zeros(len(resid), dtype=torch.long), normal_answer, contrast_answer)
+
+
+def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: torch.Tensor,
+                         residual_readout: bool) -> bool:
+    """The analytic run 1 (see _frozen_resid_at_last) assumes sequential blocks, each adding its
+    attention output (through the output projection and any post-attention norm) and then its MLP
+    output (pre-norm, MLP, any post-MLP norm) to the residual stream. Checked on this model by
+    rebuilding the contrast run's LD that way from its head outputs (`contrast`: that run's z and
+    first resid_pre), read as the route will read it, against `expected`, the run's own LD from full
+    logits; architectures that differ (parallel attention and MLP, ...) take the hooked run 1."""
     bridge = model.bridge
     rows = torch.arange(chunk.size)
     try:
@@ -210,10 +243,9 @@ def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: t
             for layer in range(model.n_layers):
                 blk = bridge.blocks[layer]
                 z = contrast[z_hook(layer)][rows, chunk.last][:, None]
-                resid = resid + blk.attn.o(z.flatten(-2))[:, 0]
-                resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
-            final = bridge.unembed(bridge.ln_final(resid[:, None]))[:, 0]
-            rebuilt = logit_diff(final[:, None], torch.zeros_like(chunk.last), chunk.normal_answer, chunk.contrast_answer)
+                resid = resid + _attn_write(blk, z.flatten(-2))
+                resid = resid + _mlp_write(blk, resid)
+            rebuilt = _final_ld(model, resid, chunk.normal_answer, chunk.contrast_answer, residual_readout)
     except Exception:  # a block without these parts
         return False
     scale = max(1.0, float(expected.abs().max()))
@@ -237,11 +269,11 @@ def read_ld(model, route: Route, tokens: torch.Tensor, fwd_hooks: list, last: to
 # ---- the cache: the normal and contrast runs, built once ------------------------------------------
 
 def cache_names(n_layers: int) -> list[str]:
-    """What the methods read from the cached runs: each layer's head outputs (z), the residual
-    entering it (runs start there) and its attention output (the analytic run 1)."""
+    """What the methods read from the cached runs: each layer's head outputs (z) and the residual
+    entering it (runs start there)."""
     names = []
     for layer in range(n_layers):
-        names += [z_hook(layer), f"blocks.{layer}.hook_resid_pre", f"blocks.{layer}.hook_attn_out"]
+        names += [z_hook(layer), f"blocks.{layer}.hook_resid_pre"]
     return names
 
 
@@ -250,8 +282,8 @@ class RunCache:
     """The normal and contrast runs of `data`, chunk by chunk, built once by `build_cache`.
 
     chunks[i]              the i-th `batch_size` examples (PatchingData)
-    normal[i], contrast[i] hook name -> activation of that run: z [B, T, H, d_head], resid_pre and
-                           attn_out [B, T, d_model]
+    normal[i], contrast[i] hook name -> activation of that run: z [B, T, H, d_head], resid_pre
+                           [B, T, d_model]
     ld_normal, ld_contrast [N] LD per example of each run (ld_contrast None and contrast empty in a
                            normal-run-only cache: build_normal_cache)"""
 
@@ -295,24 +327,48 @@ def _capture_run(model, route: Route, chunk: PatchingData, tokens: torch.Tensor,
     return store, ld.float().cpu()
 
 
+# The route checks run with full logits at every position (costly at 262k vocabularies): on the
+# first ROUTE_PROBE examples, cut to their first ROUTE_PROBE_TOKENS tokens.
+ROUTE_PROBE, ROUTE_PROBE_TOKENS = 2, 12
+
+
+def _route_probe(data: PatchingData) -> PatchingData:
+    """The first examples' first tokens, read at the last of them. What the route checks is a
+    property of the architecture (the final norm and unembedding; blocks whose frozen heads move
+    nothing between positions), the same at every position of every prompt."""
+    probe = data.subset(slice(0, ROUTE_PROBE))
+    width = min(ROUTE_PROBE_TOKENS, int(probe.last.min()) + 1)
+    return PatchingData(probe.normal[:, :width], probe.contrast[:, :width], torch.full_like(probe.last, width - 1),
+                        probe.normal_answer, probe.contrast_answer, {k: v[:, :width] for k, v in probe.groups.items()})
+
+
+def decide_route(model, data: PatchingData, analytic: bool = True) -> Route:
+    """The route of `data` on `model`, checked with full logits on a probe (_route_probe): whether LD
+    read from the final residual stream reproduces the model's own (normal run), and (`analytic`)
+    whether the analytic run 1 rebuilds the contrast run's LD (_analytic_path_holds). The cache's
+    runs over all examples then compute no full logits."""
+    probe = _route_probe(data)
+    z_names = {z_hook(layer) for layer in range(model.n_layers)}
+    _, _, residual = _checked_capture_run(model, probe, set())
+    if not analytic:
+        return Route(residual_readout=residual, analytic_output_path=False)
+    needed = z_names | {"blocks.0.hook_resid_pre"}
+    acts_c, ld_contrast, _ = _checked_capture_run(model, probe, needed, probe.contrast)
+    holds = needed <= set(acts_c) and _analytic_path_holds(model, probe, acts_c, ld_contrast, residual)
+    return Route(residual_readout=residual, analytic_output_path=holds)
+
+
 def build_cache(model, data: PatchingData, route: Route | None = None, batch_size: int = 16,
                 names: Sequence[str] | None = None) -> RunCache:
-    """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names).
-    Without a route, both route checks are made on the first chunk's own runs (full logits there):
-    no extra pass."""
+    """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names),
+    read by `route` (default: decide_route on the first examples)."""
     wanted = set(names if names is not None else cache_names(model.n_layers))
+    route = route or decide_route(model, data)
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
     normal, contrast, ld_n, ld_c = [], [], [], []
     for chunk in progress(chunks, "normal and contrast runs"):
-        if route is None:
-            acts_n, ld_normal, residual = _checked_capture_run(model, chunk, wanted)
-            acts_c, ld_contrast, _ = _checked_capture_run(model, chunk, wanted, chunk.contrast)
-            needed = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
-            analytic = needed <= set(acts_c) and _analytic_path_holds(model, chunk, acts_c, ld_contrast)
-            route = Route(residual_readout=residual, analytic_output_path=analytic)
-        else:
-            acts_n, ld_normal = _capture_run(model, route, chunk, chunk.normal, wanted)
-            acts_c, ld_contrast = _capture_run(model, route, chunk, chunk.contrast, wanted)
+        acts_n, ld_normal = _capture_run(model, route, chunk, chunk.normal, wanted)
+        acts_c, ld_contrast = _capture_run(model, route, chunk, chunk.contrast, wanted)
         normal.append(acts_n)
         ld_n.append(ld_normal)
         contrast.append(acts_c)
@@ -324,17 +380,14 @@ def build_cache(model, data: PatchingData, route: Route | None = None, batch_siz
 def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: Route | None = None) -> RunCache:
     """The normal run only, keeping every layer's head outputs: all attribution patching needs (its
     contrast run is its own gradient pass). Without a route, whether LD may be read from the final
-    residual is checked on the first chunk's run itself (full logits there), so no extra pass is run;
-    the route records no analytic path (attribution has none)."""
+    residual is checked on the first examples (decide_route); the route records no analytic path
+    (attribution has none)."""
     wanted = {z_hook(layer) for layer in range(model.n_layers)}
+    route = route or decide_route(model, data, analytic=False)
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
     normal, ld_n = [], []
     for chunk in progress(chunks, "normal runs"):
-        if route is None:
-            acts, ld, holds = _checked_capture_run(model, chunk, wanted)
-            route = Route(residual_readout=holds, analytic_output_path=False)
-        else:
-            acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
+        acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
         normal.append(acts)
         ld_n.append(ld)
     return RunCache(data, route, chunks, tuple(normal), (), torch.cat(ld_n), None, model.n_layers, model.n_heads)
@@ -586,22 +639,23 @@ def _frozen_resid_at_last(model, cache: RunCache, i: int, sender_layer: int) -> 
     """Run 1 at the last prompt position for every sender head of `sender_layer`, stacked
     [heads * B, d_model]. With every head frozen, attention moves nothing between positions, so
     the last position evolves alone: the sender's changed head output enters through the output
-    projection, and only norms and MLPs recompute, layer by layer."""
+    projection (and any post-attention norm), the layers above add the contrast run's attention
+    output, and only the MLPs and their norms recompute, layer by layer."""
     chunk = cache.chunks[i]
     c, n = cache.contrast[i], cache.normal[i]
     b, rows, last = chunk.size, torch.arange(chunk.size), chunk.last
     heads = cache.n_heads
-    block = model.bridge.blocks[sender_layer]
+    blocks = model.bridge.blocks
     z = c[z_hook(sender_layer)][rows, last].unsqueeze(0).repeat(heads, 1, 1, 1)  # [H_sender, B, H, d]
     idx = torch.arange(heads)
     z[idx, :, idx] = n[z_hook(sender_layer)][rows, last].permute(1, 0, 2)[idx]
-    attn_out = block.attn.o(z.reshape(heads * b, 1, -1))[:, 0]  # [H*B, d]
-    resid = c[f"blocks.{sender_layer}.hook_resid_pre"][rows, last].repeat(heads, 1) + attn_out
+    resid = (c[f"blocks.{sender_layer}.hook_resid_pre"][rows, last].repeat(heads, 1)
+             + _attn_write(blocks[sender_layer], z.reshape(heads * b, 1, -1)))
     for layer in range(sender_layer, cache.n_layers):
-        blk = model.bridge.blocks[layer]
         if layer > sender_layer:  # every head frozen: the contrast run's attention output
-            resid = resid + c[f"blocks.{layer}.hook_attn_out"][rows, last].repeat(heads, 1)
-        resid = resid + blk.mlp(blk.ln2(resid[:, None]))[:, 0]
+            contrast_z = c[z_hook(layer)][rows, last].flatten(-2)[:, None]
+            resid = resid + _attn_write(blocks[layer], contrast_z).repeat(heads, 1)
+        resid = resid + _mlp_write(blocks[layer], resid)
     return resid
 
 
@@ -612,11 +666,7 @@ def _path_output_analytic(model, cache: RunCache, i: int) -> torch.Tensor:
         for layer in range(cache.n_layers):
             resid = _frozen_resid_at_last(model, cache, i, layer)
             na, ca = chunk.normal_answer.repeat(cache.n_heads), chunk.contrast_answer.repeat(cache.n_heads)
-            if cache.route.residual_readout:
-                ld = _ld_from_resid(model, resid, na, ca)
-            else:
-                logits = model.bridge.unembed(model.bridge.ln_final(resid[:, None]))
-                ld = logit_diff(logits, torch.zeros(len(na), dtype=torch.long), na, ca)
+            ld = _final_ld(model, resid, na, ca, cache.route.residual_readout)
             sums.append(ld.float().cpu().reshape(cache.n_heads, chunk.size).sum(1))
     return torch.cat(sums)
 

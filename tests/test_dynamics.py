@@ -282,8 +282,8 @@ def test_prefetching_draws_the_same_batches(tmp_path, one_torch_thread):
     train_model(cfg, tmp_path / "a", progress=False, prefetch=0)
     train_model(cfg, tmp_path / "b", progress=False, prefetch=3)
     assert _same(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
-    a = torch.load(tmp_path / "a/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
-    b = torch.load(tmp_path / "b/checkpoints/step2/training_state.pt", weights_only=False)["rng"]
+    a = torch.load(tmp_path / "a/checkpoints/step2/training_state.pt", weights_only=True)["rng"]
+    b = torch.load(tmp_path / "b/checkpoints/step2/training_state.pt", weights_only=True)["rng"]
     assert a == b
 
 

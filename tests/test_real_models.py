@@ -176,8 +176,8 @@ def test_evaluation_attribution_and_ablation_run(model):
         # every architecture's LD is read from the residual, Gemma-2's with its logit soft-capping
         assert alone.route.residual_readout
         patcher = Patcher(model, data, batch_size=3, rows_per_pass=12)
-        # Gemma-2's post-attention / post-MLP norms break the analytic run 1: the self-check sees it
-        assert patcher.route.analytic_output_path == ("gemma2" not in model.name)
+        # sequential blocks, Gemma-2's post-attention / post-MLP norms included: the analytic run 1
+        assert patcher.route.analytic_output_path
         for name, scores in {"path": patcher.path_patching("output"), "activation": patcher.activation_patching(),
                              "activation_query": patcher.activation_patching("query"),
                              "attribution": patcher.attribution_patching()}.items():
@@ -217,18 +217,26 @@ def test_batched_scoring_equals_the_per_example_loop(checkpoint_root, arch, styl
         assert df["cf_correct"].tolist() == cf and df["orig_correct"].tolist() == orig
 
 
-def test_path_and_activation_patching_equal_the_references(model):
-    """Patcher against the paper's per-sender loops (fi.reference) on every checkpoint; on Gemma-2
-    the analytic fast path must have been refused by its self-check, and the hooked run agree."""
+def test_path_and_activation_patching_equal_the_references(model, monkeypatch):
+    """Patcher against the paper's per-sender loops (fi.reference) on every checkpoint, the analytic
+    run 1 and the hooked one alike. On Gemma-2 the post-sublayer norms matter: an analytic run 1
+    that left them out would be refused by the route's self-check, and would be wrong."""
+    import fi.patching
+
     for family, variant, shots in ATTRIBUTION_CELLS:
         data = patching_data(model, family, variant, shots)
         patcher = Patcher(model, data, batch_size=4, rows_per_pass=12)
-        assert patcher.route.analytic_output_path == ("gemma2" not in model.name)
+        assert patcher.route.analytic_output_path
         ref = reference_path_patching(model, data, "output", batch=6)
         assert on_ld_scale(patcher.path_patching("output"), ref, patcher) <= 1e-4
-        if "gemma2" in model.name:  # and the self-check matters: the analytic path would be wrong
-            analytic = patcher.with_route(analytic_output_path=True)
-            assert on_ld_scale(analytic.path_patching("output"), ref, patcher) > 1e-2
+        hooked = patcher.with_route(analytic_output_path=False)
+        assert on_ld_scale(hooked.path_patching("output"), ref, patcher) <= 1e-4
+        if "gemma2" in model.name:
+            with monkeypatch.context() as m:
+                m.setattr(fi.patching, "_post_norm", lambda block, name: None)
+                assert not Patcher(model, data, batch_size=4).route.analytic_output_path
+                forced = patcher.with_route(analytic_output_path=True)
+                assert on_ld_scale(forced.path_patching("output"), ref, patcher) > 1e-2
         ref = reference_activation_patching(model, data, None, batch=6)
         assert on_ld_scale(patcher.activation_patching(), ref, patcher) <= 1e-4
 
