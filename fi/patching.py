@@ -229,7 +229,7 @@ def _final_ld(model, resid: torch.Tensor, normal_answer: torch.Tensor, contrast_
 
 def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: torch.Tensor,
                          residual_readout: bool) -> bool:
-    """The analytic run 1 (see _frozen_resid_at_last) assumes sequential blocks, each adding its
+    """The analytic run 1 (see _path_output_analytic) assumes sequential blocks, each adding its
     attention output (through the output projection and any post-attention norm) and then its MLP
     output (pre-norm, MLP, any post-MLP norm) to the residual stream. Checked on this model by
     rebuilding the contrast run's LD that way from its head outputs (`contrast`: that run's z and
@@ -327,9 +327,17 @@ def _capture_run(model, route: Route, chunk: PatchingData, tokens: torch.Tensor,
     return store, ld.float().cpu()
 
 
-# The route checks run with full logits at every position (costly at 262k vocabularies): on the
-# first ROUTE_PROBE examples, cut to their first ROUTE_PROBE_TOKENS tokens.
+# The route checks need full logits at every position of the runs they look at. Where that is cheap
+# (an unembedding no bigger than a block's weights, 12 d_model^2: the built-in and tiny models) they
+# look at the first chunk's own runs, no extra pass; else (262k x 640 on Gemma-3) at a probe, the
+# first ROUTE_PROBE examples cut to their first ROUTE_PROBE_TOKENS tokens, and no cache run computes
+# full logits.
 ROUTE_PROBE, ROUTE_PROBE_TOKENS = 2, 12
+
+
+def _full_logits_cheap(model) -> bool:
+    cfg = model.bridge.cfg
+    return int(cfg.d_vocab) * int(cfg.d_model) <= 12 * int(cfg.d_model) ** 2
 
 
 def _route_probe(data: PatchingData) -> PatchingData:
@@ -342,33 +350,50 @@ def _route_probe(data: PatchingData) -> PatchingData:
                         probe.normal_answer, probe.contrast_answer, {k: v[:, :width] for k, v in probe.groups.items()})
 
 
-def decide_route(model, data: PatchingData, analytic: bool = True) -> Route:
-    """The route of `data` on `model`, checked with full logits on a probe (_route_probe): whether LD
-    read from the final residual stream reproduces the model's own (normal run), and (`analytic`)
-    whether the analytic run 1 rebuilds the contrast run's LD (_analytic_path_holds). The cache's
-    runs over all examples then compute no full logits."""
-    probe = _route_probe(data)
-    z_names = {z_hook(layer) for layer in range(model.n_layers)}
-    _, _, residual = _checked_capture_run(model, probe, set())
+def _checked_runs(model, chunk: PatchingData, names: set, analytic: bool) -> tuple[Route, tuple | None]:
+    """Both route checks on `chunk`'s runs with full logits: whether LD read from the final residual
+    stream reproduces the model's own (normal run), and (`analytic`) whether the analytic run 1
+    rebuilds the contrast run's LD (_analytic_path_holds). Returns the route and the runs
+    (normal acts, normal LD, contrast acts, contrast LD; contrast None without `analytic`)."""
+    acts_n, ld_n, residual = _checked_capture_run(model, chunk, names)
     if not analytic:
-        return Route(residual_readout=residual, analytic_output_path=False)
-    needed = z_names | {"blocks.0.hook_resid_pre"}
-    acts_c, ld_contrast, _ = _checked_capture_run(model, probe, needed, probe.contrast)
-    holds = needed <= set(acts_c) and _analytic_path_holds(model, probe, acts_c, ld_contrast, residual)
-    return Route(residual_readout=residual, analytic_output_path=holds)
+        return Route(residual_readout=residual, analytic_output_path=False), (acts_n, ld_n, None, None)
+    needed = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
+    acts_c, ld_c, _ = _checked_capture_run(model, chunk, names | needed, chunk.contrast)
+    holds = needed <= set(acts_c) and _analytic_path_holds(model, chunk, acts_c, ld_c, residual)
+    acts_c = {k: v for k, v in acts_c.items() if k in names}  # the runs keep what was asked for
+    return Route(residual_readout=residual, analytic_output_path=holds), (acts_n, ld_n, acts_c, ld_c)
+
+
+def decide_route(model, data: PatchingData, analytic: bool = True) -> Route:
+    """The route of `data` on `model`, from the checks (_checked_runs) on a probe (_route_probe)."""
+    return _checked_runs(model, _route_probe(data), set(), analytic)[0]
+
+
+def _route_and_first_runs(model, data: PatchingData, chunk: PatchingData, wanted: set, route: Route | None,
+                          analytic: bool) -> tuple[Route, tuple | None]:
+    """The route (given, or decided) and, where the checks ran on `chunk` itself, its runs."""
+    if route is not None:
+        return route, None
+    if _full_logits_cheap(model):
+        return _checked_runs(model, chunk, wanted, analytic)
+    return decide_route(model, data, analytic), None
 
 
 def build_cache(model, data: PatchingData, route: Route | None = None, batch_size: int = 16,
                 names: Sequence[str] | None = None) -> RunCache:
     """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names),
-    read by `route` (default: decide_route on the first examples)."""
+    read by `route` (default: decided once, see ROUTE_PROBE)."""
     wanted = set(names if names is not None else cache_names(model.n_layers))
-    route = route or decide_route(model, data)
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
+    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, analytic=True)
     normal, contrast, ld_n, ld_c = [], [], [], []
-    for chunk in progress(chunks, "normal and contrast runs"):
-        acts_n, ld_normal = _capture_run(model, route, chunk, chunk.normal, wanted)
-        acts_c, ld_contrast = _capture_run(model, route, chunk, chunk.contrast, wanted)
+    for i, chunk in enumerate(progress(chunks, "normal and contrast runs")):
+        if i == 0 and first is not None:
+            acts_n, ld_normal, acts_c, ld_contrast = first
+        else:
+            acts_n, ld_normal = _capture_run(model, route, chunk, chunk.normal, wanted)
+            acts_c, ld_contrast = _capture_run(model, route, chunk, chunk.contrast, wanted)
         normal.append(acts_n)
         ld_n.append(ld_normal)
         contrast.append(acts_c)
@@ -380,14 +405,17 @@ def build_cache(model, data: PatchingData, route: Route | None = None, batch_siz
 def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: Route | None = None) -> RunCache:
     """The normal run only, keeping every layer's head outputs: all attribution patching needs (its
     contrast run is its own gradient pass). Without a route, whether LD may be read from the final
-    residual is checked on the first examples (decide_route); the route records no analytic path
-    (attribution has none)."""
+    residual is checked once (see ROUTE_PROBE); the route records no analytic path (attribution has
+    none)."""
     wanted = {z_hook(layer) for layer in range(model.n_layers)}
-    route = route or decide_route(model, data, analytic=False)
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
+    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, analytic=False)
     normal, ld_n = [], []
-    for chunk in progress(chunks, "normal runs"):
-        acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
+    for i, chunk in enumerate(progress(chunks, "normal runs")):
+        if i == 0 and first is not None:
+            acts, ld = first[0], first[1]
+        else:
+            acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
         normal.append(acts)
         ld_n.append(ld)
     return RunCache(data, route, chunks, tuple(normal), (), torch.cat(ld_n), None, model.n_layers, model.n_heads)
@@ -635,40 +663,36 @@ def value_seen_by_one_head(layer: int, values: Sequence[tuple[int, int, torch.Te
     return [(pattern_hook(layer), keep_pattern), (z_hook(layer), one_head)]
 
 
-def _frozen_resid_at_last(model, cache: RunCache, i: int, sender_layer: int) -> torch.Tensor:
-    """Run 1 at the last prompt position for every sender head of `sender_layer`, stacked
-    [heads * B, d_model]. With every head frozen, attention moves nothing between positions, so
-    the last position evolves alone: the sender's changed head output enters through the output
-    projection (and any post-attention norm), the layers above add the contrast run's attention
-    output, and only the MLPs and their norms recompute, layer by layer."""
+def _path_output_analytic(model, cache: RunCache, i: int) -> torch.Tensor:
+    """Run 1 of path patching to the output for every sender head, at the read position only, summed
+    LD per sender [layers * heads]. With every head frozen, attention moves nothing between
+    positions, so the read position evolves alone: a sender's changed head output enters through the
+    output projection (and any post-attention norm), every layer above adds the contrast run's
+    attention output, and only the MLPs and their norms recompute. All senders go up together: at
+    each layer the rows of the senders below it (heads * B each, stacked) and those of its own heads,
+    so each layer's MLP runs once on all of them."""
     chunk = cache.chunks[i]
     c, n = cache.contrast[i], cache.normal[i]
     b, rows, last = chunk.size, torch.arange(chunk.size), chunk.last
     heads = cache.n_heads
     blocks = model.bridge.blocks
-    z = c[z_hook(sender_layer)][rows, last].unsqueeze(0).repeat(heads, 1, 1, 1)  # [H_sender, B, H, d]
     idx = torch.arange(heads)
-    z[idx, :, idx] = n[z_hook(sender_layer)][rows, last].permute(1, 0, 2)[idx]
-    resid = (c[f"blocks.{sender_layer}.hook_resid_pre"][rows, last].repeat(heads, 1)
-             + _attn_write(blocks[sender_layer], z.reshape(heads * b, 1, -1)))
-    for layer in range(sender_layer, cache.n_layers):
-        if layer > sender_layer:  # every head frozen: the contrast run's attention output
-            contrast_z = c[z_hook(layer)][rows, last].flatten(-2)[:, None]
-            resid = resid + _attn_write(blocks[layer], contrast_z).repeat(heads, 1)
-        resid = resid + _mlp_write(blocks[layer], resid)
-    return resid
-
-
-def _path_output_analytic(model, cache: RunCache, i: int) -> torch.Tensor:
-    chunk = cache.chunks[i]
-    sums = []
+    resid = None  # [senders so far * B, d_model], row (layer * heads + head) * B + example
     with torch.inference_mode():
         for layer in range(cache.n_layers):
-            resid = _frozen_resid_at_last(model, cache, i, layer)
-            na, ca = chunk.normal_answer.repeat(cache.n_heads), chunk.contrast_answer.repeat(cache.n_heads)
-            ld = _final_ld(model, resid, na, ca, cache.route.residual_readout)
-            sums.append(ld.float().cpu().reshape(cache.n_heads, chunk.size).sum(1))
-    return torch.cat(sums)
+            contrast_z = c[z_hook(layer)][rows, last]  # [B, H, d_head]
+            if resid is not None:  # senders below: this layer's heads frozen to the contrast run
+                resid = resid + _attn_write(blocks[layer], contrast_z.flatten(-2)[:, None]).repeat(len(resid) // b, 1)
+            z = contrast_z.unsqueeze(0).repeat(heads, 1, 1, 1)  # [H_sender, B, H, d_head]
+            z[idx, :, idx] = n[z_hook(layer)][rows, last].permute(1, 0, 2)[idx]  # the sender's own normal z
+            started = (c[f"blocks.{layer}.hook_resid_pre"][rows, last].repeat(heads, 1)
+                       + _attn_write(blocks[layer], z.reshape(heads * b, 1, -1)))
+            resid = started if resid is None else torch.cat([resid, started])
+            resid = resid + _mlp_write(blocks[layer], resid)
+        senders = cache.n_layers * heads
+        ld = _final_ld(model, resid, chunk.normal_answer.repeat(senders), chunk.contrast_answer.repeat(senders),
+                       cache.route.residual_readout)
+    return ld.float().cpu().reshape(senders, b).sum(1)
 
 
 # ---- attribution patching -------------------------------------------------------------------------

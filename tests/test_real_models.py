@@ -241,6 +241,33 @@ def test_path_and_activation_patching_equal_the_references(model, monkeypatch):
         assert on_ld_scale(patcher.activation_patching(), ref, patcher) <= 1e-4
 
 
+def test_route_probe_decides_as_the_first_chunks_runs(model, monkeypatch):
+    """The route checks on a short probe (2 examples, 12 tokens: used where full logits are costly)
+    decide what the checks on the first chunk's own runs decide, and the scores do not depend on
+    which of the two ran."""
+    import fi.patching
+    from fi.patching import Route, _checked_runs, cache_names, decide_route
+
+    data = patching_data(model)
+    chunk_route = _checked_runs(model, data.subset(slice(0, 4)), set(cache_names(model.n_layers)), True)[0]
+    assert decide_route(model, data) == chunk_route == Route(residual_readout=True, analytic_output_path=True)
+    scores = {}
+    for cheap in (True, False):
+        monkeypatch.setattr(fi.patching, "_full_logits_cheap", lambda m, cheap=cheap: cheap)
+        patcher = Patcher(model, data, batch_size=4)
+        scores[cheap] = patcher.path_patching("output"), patcher.ld_normal, patcher.ld_contrast
+    assert on_ld_scale(scores[True][0], scores[False][0], patcher) <= 1e-4
+    assert scores[True][1:] == pytest.approx(scores[False][1:], abs=1e-4)
+    # with the probe, only the probe's two runs compute full logits
+    shapes = []
+    handle = model.bridge.unembed.register_forward_hook(lambda mod, args, out: shapes.append(tuple(out.shape[:2])))
+    try:
+        Patcher(model, data, batch_size=4).path_patching("output")
+    finally:
+        handle.remove()
+    assert len(shapes) == 2 and all(rows <= 2 and tokens <= 12 for rows, tokens in shapes), shapes
+
+
 def test_gemma2_path_patching_to_head_inputs_equals_the_reference(checkpoint_root):
     # grouped-query attention: head 3's key and head 2's value are shared kv heads 1
     m = loaded(checkpoint_root, "gemma2", "multi_digit")
