@@ -270,7 +270,8 @@ def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, prog
     if resume is not None:
         from safetensors.torch import load_file
 
-        state = torch.load(Path(resume) / "training_state.pt", weights_only=True)  # tensors and plain values only: no pickled code
+        # tensors and plain values only: no pickled code
+        state = torch.load(Path(resume) / "training_state.pt", weights_only=True)
         model.load_state_dict(load_file(Path(resume) / "model.safetensors"))
         opt.load_state_dict(state["optimizer"])
         rng.setstate(state["rng"])
