@@ -18,7 +18,8 @@ Conventions (the paper's, section 2):
 What is computed once, immutably: `RunCache` holds the normal and contrast runs' activations and LDs
 per chunk of examples; `Route` records how this model is read (LD from the final residual with only
 the two answers' unembedding rows, or from full logits; path patching's run 1 analytic at the last
-position, or hooked), decided from checks on the first chunk's own runs (build_cache).
+position, or hooked), decided once from checks with full logits on the first chunk's own runs or,
+where full logits are costly, on a short probe (build_cache, ROUTE_PROBE).
 
 Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
 tokenizers), whose answer merges into the prompt's last token (see fi.answers), or whose two answers
@@ -177,7 +178,7 @@ def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Te
 
 @dataclass(frozen=True)
 class Route:
-    """How metrics are read on one model, decided once (on the first chunk's runs: build_cache) and
+    """How metrics are read on one model, decided once (build_cache, ROUTE_PROBE) and
     recorded with results.
 
     residual_readout      LD from the final residual stream at the read position, through the final
@@ -753,8 +754,8 @@ def _frozen_parameters(module: torch.nn.Module):
 
 class Patcher:
     """A model and its prompt pairs, with the methods above as methods. What it computes is built on
-    first use and then fixed: `cache` (both runs, for the exact methods, with the route decided on
-    its first chunk unless one is given), and
+    first use and then fixed: `cache` (both runs, for the exact methods, with the route decided
+    when it is built unless one is given), and
     `normal_cache` (the normal run only: attribution patching alone needs no more,
     so it costs one normal pass and its own gradient pass)."""
 
@@ -772,7 +773,7 @@ class Patcher:
 
     @property
     def route(self) -> Route:
-        """The route given, or the one the cache's runs decided (its first chunk's checks)."""
+        """The route given, or the one decided when the cache was built."""
         return self._given_route or self.cache.route
 
     @cached_property
