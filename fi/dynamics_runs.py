@@ -144,10 +144,9 @@ def fi_heads_source(run: Run, all_runs: list[Run]) -> tuple[str, str]:
     ("heads", results/heads/<model>.json); at another seed that seed's own baseline, whose FI head
     may sit elsewhere ("measures": the baseline's final-checkpoint measures, heads picked from its
     path scores on the discovery cell by the discovery criterion)."""
-    base = run.baseline(all_runs)
-    if base.is_grid_model:
+    if run.baseline(all_runs).is_grid_model:
         return "heads", f"{RESULTS}/heads/{run.model}.json"
-    return "measures", base.measures_path(base.steps[-1])
+    return "measures", baseline_final_measures(run, all_runs)
 
 
 def baseline_final_measures(run: Run, all_runs: list[Run]) -> str:
