@@ -24,8 +24,8 @@ Modules, one concern each:
   clamping    heads clamped during training (zero, mean, frozen pattern / values / output)
   dynamics    checkpoints' progress measures, formation steps; dynamics_runs: the runs (no torch)
   tables      aggregation, Wilson intervals, the paper's CSV format
-  plots       seaborn figures
-  stages      one function per Snakemake rule
+  plots       seaborn figures; figures: matplotlib's process-wide state, for jobs sharing a process
+  stages      one function per Snakemake rule; from_snakemake: a job's log, per thread
   parity      our bridge's logits against plain transformers (`fi-grid parity`)
   cli         the `fi-grid` command (also `python -m fi`)
 """

@@ -338,6 +338,9 @@ def aggregate_dynamics(measures: list[str], threshold: float, table: str, format
 def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:
     import pandas as pd
 
+    from fi.figures import one_figure_at_a_time
+
     df = pd.read_parquet(table)
     f = pd.read_parquet(formation)
-    plot_dynamics(df[df["model"] == model], f[f["model"] == model] if len(f) else f, output, dpi)
+    with one_figure_at_a_time():  # pyplot is the process's (fi.figures)
+        plot_dynamics(df[df["model"] == model], f[f["model"] == model] if len(f) else f, output, dpi)

@@ -8,6 +8,7 @@ HF_HUB_OFFLINE=1 and the weights are in the local HF cache).
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,10 @@ import torch
 from fi.models_check import check_local_checkpoint_files
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Loading sets process-wide state for its duration (transformers sets torch's default dtype to the
+# model's): jobs that are threads of one process (workflow/rules/common.smk, in_process) load one
+# at a time.
+_LOADING = threading.Lock()
 
 
 class ModelLoadError(ValueError):
@@ -95,7 +100,8 @@ def load_model(name: str, path: str | None = None, dtype: str = "float32",
     target = str(check_local_checkpoint(path, name)) if path else name
     resolved = resolve_device(device)
     try:
-        bridge = TransformerBridge.boot_transformers(target, device=resolved, dtype=DTYPES[dtype])
+        with _LOADING:
+            bridge = TransformerBridge.boot_transformers(target, device=resolved, dtype=DTYPES[dtype])
     except (OSError, ValueError) as err:  # HF raises OSError for unknown / unreachable repos
         raise ModelLoadError(f"model {name!r}: could not load {target!r}: {err}") from err
     bridge.eval()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import logging
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never a display
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from fi.figures import one_figure_at_a_time  # (also selects matplotlib's file-only backend)
 from fi.io import atomic_path
 
 log = logging.getLogger(__name__)
@@ -40,6 +38,7 @@ def _long(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+@one_figure_at_a_time()
 def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: int = 120,
                   reference: pd.DataFrame | None = None) -> None:
     """Accuracy vs shots: one row of panels per model, one panel per setting; colour = offset,
@@ -106,6 +105,7 @@ def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: in
     plt.close(fig)
 
 
+@one_figure_at_a_time()
 def plot_head_heatmaps(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
     """Layer x head heatmaps of one model's attribution scores: one panel per cell, method, receiver
     and position group. FI heads are boxed; scores are normalised (-1 = full restoration)."""
@@ -147,6 +147,7 @@ ABLATION_METRICS = {
 }
 
 
+@one_figure_at_a_time()
 def plot_task_generalization(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
     """Grouped bars (the paper's Figure 6 style): for every task cell, the four accuracies with no
     ablation, with the FI heads ablated and with random head sets ablated (random sets pooled), with
@@ -207,6 +208,7 @@ GROUP_COLOURS = {"previous_token": "tab:green", "function_induction": "tab:red",
                  "other": "tab:gray"}
 
 
+@one_figure_at_a_time()
 def plot_circuit(circuit: dict, output: str, dpi: int = 120) -> None:
     """The circuit diagram as the paper's Figure 2 draws it: heads by layer, top (layer 0) to
     bottom (the output), coloured by group, edges drawn with width proportional to |score|."""
@@ -250,6 +252,7 @@ def plot_circuit(circuit: dict, output: str, dpi: int = 120) -> None:
     plt.close(fig)
 
 
+@one_figure_at_a_time()
 def plot_attention_by_group(tokens: list[str], patterns: dict, output: str, dpi: int = 120) -> None:
     """One prompt's attention patterns of the circuit heads, one panel per group (the mean over the
     group's heads), query rows x key columns."""
@@ -275,6 +278,7 @@ def plot_attention_by_group(tokens: list[str], patterns: dict, output: str, dpi:
     plt.close(fig)
 
 
+@one_figure_at_a_time()
 def plot_circuit_evaluation(table: pd.DataFrame, output: str, dpi: int = 120) -> None:
     """Faithfulness of each model's circuit against the full model, the completeness search's
     F(M \\ K) against F(C \\ K) per rollout (the diagonal is complete), and each head's minimality."""
@@ -303,6 +307,7 @@ def plot_circuit_evaluation(table: pd.DataFrame, output: str, dpi: int = 120) ->
     plt.close(fig)
 
 
+@one_figure_at_a_time()
 def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> None:
     """Per model, the share of family A's circuit heads that are in family B's (all groups), and
     A's FI heads ablated on B: cf_acc drop against the random sets' mean drop."""
@@ -325,6 +330,7 @@ def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> No
     plt.close(fig)
 
 
+@one_figure_at_a_time()
 def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: str, dpi: int = 120) -> None:
     """One model's function vectors (fi.function_vectors): per offset k (rows), 10 x 10 input x output
     heatmaps of the digit-logit shift for each FI head and all FI heads together at scale 1 (or the

@@ -48,6 +48,17 @@ def test_outputs_and_logs_exist(tiny_run):
     assert (tiny_run / "logs/train_model/fi-toy.log").read_text().count("trained 8 steps") == 1
 
 
+def test_each_job_logs_to_its_own_log(tiny_run):
+    """The evaluate jobs ran as threads of snakemake's process (profiles/default), two at a time:
+    each log holds its own cell's result line and no other's."""
+    logs = sorted((tiny_run / "logs/evaluate/fi-toy/addition").rglob("*.log"))
+    assert len(logs) == 4
+    for path in logs:
+        variant, shots = path.parent.name, path.stem.removeprefix("shots")
+        lines = [line for line in path.read_text().splitlines() if "cf_acc" in line]
+        assert len(lines) == 1 and f"fi-toy addition {variant} shots={shots}: cf_acc" in lines[0], path
+
+
 def test_second_run_has_nothing_to_do(tiny_run):
     assert scheduled_jobs(tiny_run) == {}
     proc = snakemake(tiny_run)

@@ -10,8 +10,6 @@ rule ablate:
         PATHS["ablation"],
     log:
         "logs/ablate/{model}/{task}/{variant}/shots{shots}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 1
     resources:
         **model_resources("ablate", batched=True),
@@ -19,8 +17,8 @@ rule ablate:
         code=code_hash("ablate"),
         model=model_params,
         ablation=config_slice("ablation", "shots", "variants"),
-    script:
-        "../scripts/ablate.py"
+    run:
+        in_process("../scripts/ablate.py", locals())
 
 
 rule aggregate_ablation:
@@ -30,12 +28,10 @@ rule aggregate_ablation:
         PATHS["ablation_table"],
     log:
         "logs/aggregate_ablation.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("aggregate_ablation"),
-    script:
-        "../scripts/aggregate_ablation.py"
+    run:
+        in_process("../scripts/aggregate_ablation.py", locals())
 
 
 rule plot_ablation:
@@ -51,10 +47,8 @@ rule plot_ablation:
         "logs/plot_ablation.{ext}.log",
     wildcard_constraints:
         ext="png|pdf|svg",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("plot_ablation"),
         plots=PLOT_DPI,
-    script:
-        "../scripts/plot_ablation.py"
+    run:
+        in_process("../scripts/plot_ablation.py", locals())

@@ -10,9 +10,7 @@ rule aggregate:
         predictions=PATHS["predictions_table"],
     log:
         "logs/aggregate.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("aggregate"),
-    script:
-        "../scripts/aggregate.py"
+    run:
+        in_process("../scripts/aggregate.py", locals())

@@ -9,8 +9,6 @@ rule attribute:
         PATHS["attribution"],
     log:
         "logs/attribute/{model}/{task}/{variant}/shots{shots}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 2
     resources:
         **model_resources("attribute"),
@@ -18,8 +16,8 @@ rule attribute:
         code=code_hash("attribute"),
         model=model_params,
         attribution=config_slice("attribution", "cells"),
-    script:
-        "../scripts/attribute.py"
+    run:
+        in_process("../scripts/attribute.py", locals())
 
 
 rule head_types:
@@ -29,16 +27,14 @@ rule head_types:
         PATHS["head_types"],
     log:
         "logs/head_types/{model}.log",
-    conda:
-        "../../envs/fi.yaml"
     resources:
         **model_resources("head_types"),
     params:
         code=code_hash("head_types"),
         model=model_params,
         head_types=config["head_types"],
-    script:
-        "../scripts/head_types.py"
+    run:
+        in_process("../scripts/head_types.py", locals())
 
 
 rule aggregate_attribution:
@@ -50,12 +46,10 @@ rule aggregate_attribution:
         PATHS["head_attribution_table"],
     log:
         "logs/aggregate_attribution.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("aggregate_attribution"),
-    script:
-        "../scripts/aggregate_attribution.py"
+    run:
+        in_process("../scripts/aggregate_attribution.py", locals())
 
 
 rule plot_heads:
@@ -71,11 +65,9 @@ rule plot_heads:
         "logs/plot_heads/{model}.{ext}.log",
     wildcard_constraints:
         ext="png|pdf|svg",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("plot_heads"),
         model_name=model_name,
         plots=PLOT_DPI,
-    script:
-        "../scripts/plot_heads.py"
+    run:
+        in_process("../scripts/plot_heads.py", locals())

@@ -17,8 +17,6 @@ rule find_circuit:
         attention_html=PATHS["circuit_attention_html"],
     log:
         "logs/find_circuit/{model}/{task}/{variant}/shots{shots}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 1
     resources:
         **model_resources("find_circuit"),
@@ -27,8 +25,8 @@ rule find_circuit:
         model=model_params,
         circuit=circuit_params,
         explicit=explicit_groups,
-    script:
-        "../scripts/find_circuit.py"
+    run:
+        in_process("../scripts/find_circuit.py", locals())
 
 
 rule evaluate_circuit:
@@ -39,8 +37,6 @@ rule evaluate_circuit:
         completeness=PATHS["circuit_completeness"],
     log:
         "logs/evaluate_circuit/{model}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 1
     resources:
         **model_resources("evaluate_circuit"),
@@ -48,8 +44,8 @@ rule evaluate_circuit:
         code=code_hash("evaluate_circuit"),
         model=model_params,
         circuit=circuit_params,
-    script:
-        "../scripts/evaluate_circuit.py"
+    run:
+        in_process("../scripts/evaluate_circuit.py", locals())
 
 
 rule circuit_overlap:
@@ -59,8 +55,6 @@ rule circuit_overlap:
         PATHS["circuit_overlap"],
     log:
         "logs/circuit_overlap/{model}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 1
     resources:
         **model_resources("circuit_overlap", batched=True),
@@ -68,8 +62,8 @@ rule circuit_overlap:
         code=code_hash("circuit_overlap"),
         model=model_params,
         ablation=config_slice("ablation"),
-    script:
-        "../scripts/circuit_overlap.py"
+    run:
+        in_process("../scripts/circuit_overlap.py", locals())
 
 
 rule aggregate_circuits:
@@ -83,12 +77,10 @@ rule aggregate_circuits:
         overlap=PATHS["circuit_overlap_table"],
     log:
         "logs/aggregate_circuits.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("aggregate_circuits"),
-    script:
-        "../scripts/aggregate_circuits.py"
+    run:
+        in_process("../scripts/aggregate_circuits.py", locals())
 
 
 rule plot_circuits:
@@ -108,10 +100,8 @@ rule plot_circuits:
         ),
     log:
         "logs/plot_circuits.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("plot_circuits"),
         plots=PLOT_DPI,
-    script:
-        "../scripts/plot_circuits.py"
+    run:
+        in_process("../scripts/plot_circuits.py", locals())

@@ -1,9 +1,13 @@
 # Shared by the stage files: the config's models and cells, the path patterns (fi.grid.PATHS), the
 # input functions, and one helper per concern: model_params (what a model job's outputs depend
-# on), model_resources (what it asks the scheduler for), code_hash (the code it runs).
+# on), model_resources (what it asks the scheduler for), code_hash (the code it runs), in_process
+# (where it runs).
 import re
+import threading
 from functools import lru_cache
 from pathlib import Path
+
+from snakemake.iocontainers import Snakemake
 
 import fi.dynamics_runs as dyn
 import fi.gguf as gguf_source
@@ -163,6 +167,41 @@ def code_hash(rule):
     editing that code reruns the rule's jobs. Snakemake's own code trigger compares the script's
     mtime only, which a `git clone` resets (see profiles/default/config.yaml)."""
     return _code_hash(Path(workflow.basedir) / "workflow" / "scripts" / f"{rule}.py")
+
+
+# ---- where a job runs: Snakemake's process, or its own ------------------------------------------
+
+_FIRST_IMPORTS = threading.Lock()
+
+
+def in_process(script, job):
+    """`run: in_process("../scripts/<rule>.py", locals())`: run the rule's script, the adapter a
+    `script:` directive would run, with the job (the run block's locals: input, output, params,
+    wildcards, threads, resources, log), in the process that runs the job (fi.stages.from_snakemake
+    gives it its log). With the workflow profile's force-use-threads that is Snakemake's own
+    process, one thread a job, so torch, transformers and TransformerLens are imported once per
+    run, not once per job: 4-5 s of a built-in-model job's 5-6 s (bench/bench_dag.py). Without it
+    (profiles/processes, or a cluster's jobs) Snakemake starts a process per job, as for any
+    `run:` rule. The trainings and GGUF conversions keep `script:`, their own process: they seed
+    torch's global generator and hold GBs, and 5 s of imports is nothing beside them."""
+    path = Path(workflow.basedir) / "workflow" / "rules" / script
+    if workflow.use_threads:
+        # importing torch or transformers' lazy modules from two threads at once is not safe
+        with _FIRST_IMPORTS:
+            import pandas
+            import torch
+            import transformer_lens.model_bridge
+    sm = Snakemake(
+        *(job[k] for k in ("input", "output", "params", "wildcards", "threads", "resources", "log")),
+        config,
+        job["rule"],
+        job["bench_iteration"],
+        scriptdir=str(path.parent),
+    )
+    exec(
+        compile(path.read_text(), str(path), "exec"),
+        {"__name__": "__snakemake_script__", "snakemake": sm},
+    )
 
 
 # ---- resources: what a job asks the scheduler for (fi.resources) ------------------------------

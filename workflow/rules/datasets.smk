@@ -6,10 +6,8 @@ rule dataset:
         PATHS["dataset"],
     log:
         "logs/dataset/{task}/{variant}.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("dataset"),
         generation=dataset_params,
-    script:
-        "../scripts/dataset.py"
+    run:
+        in_process("../scripts/dataset.py", locals())

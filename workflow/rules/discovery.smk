@@ -8,8 +8,6 @@ rule discover_heads:
         PATHS["heads"],
     log:
         "logs/discover_heads/{model}.log",
-    conda:
-        "../../envs/fi.yaml"
     resources:
         **model_resources("discover_heads"),
     params:
@@ -17,5 +15,5 @@ rule discover_heads:
         model=model_params,
         discovery=config_slice("discovery", "heads"),
         explicit=explicit_heads,
-    script:
-        "../scripts/discover_heads.py"
+    run:
+        in_process("../scripts/discover_heads.py", locals())

@@ -38,8 +38,6 @@ rule measure_checkpoint:
         "results/dynamics/{model}/measures/{run}/seed{seed}/step{step}.parquet",
     log:
         "logs/measure_checkpoint/{model}/{run}/seed{seed}/step{step}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 1
     resources:
         mem_mb=2000,
@@ -50,8 +48,8 @@ rule measure_checkpoint:
         cells=DYN_CELLS,
         head_types=config["head_types"],
         dynamics={k: config["dynamics"][k] for k in ("max_examples", "batch_size")},
-    script:
-        "../scripts/dynamics_measure.py"
+    run:
+        in_process("../scripts/dynamics_measure.py", locals())
 
 
 rule aggregate_dynamics:
@@ -63,14 +61,12 @@ rule aggregate_dynamics:
         summary="results/tables/dynamics_summary.parquet",
     log:
         "logs/aggregate_dynamics.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("dynamics_aggregate"),
         threshold=config["dynamics"]["threshold"],
         min_gap=config["dynamics"]["min_ld_gap"],
-    script:
-        "../scripts/dynamics_aggregate.py"
+    run:
+        in_process("../scripts/dynamics_aggregate.py", locals())
 
 
 rule plot_dynamics:
@@ -83,10 +79,8 @@ rule plot_dynamics:
         "logs/plot_dynamics/{model}.{ext}.log",
     wildcard_constraints:
         ext="png|pdf|svg",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("dynamics_plot"),
         dpi=config["plots"]["dpi"],
-    script:
-        "../scripts/dynamics_plot.py"
+    run:
+        in_process("../scripts/dynamics_plot.py", locals())

@@ -9,13 +9,11 @@ rule evaluate:
         PATHS["eval"],
     log:
         "logs/evaluate/{model}/{task}/{variant}/shots{shots}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 1
     resources:
         **model_resources("evaluate", batched=True),
     params:
         code=code_hash("evaluate"),
         model=model_params,
-    script:
-        "../scripts/evaluate.py"
+    run:
+        in_process("../scripts/evaluate.py", locals())

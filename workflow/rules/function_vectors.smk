@@ -11,8 +11,6 @@ rule function_vectors:
         PATHS["function_vectors"],
     log:
         "logs/function_vectors/{model}.log",
-    conda:
-        "../../envs/fi.yaml"
     threads: 1
     resources:
         **model_resources("function_vectors"),
@@ -20,8 +18,8 @@ rule function_vectors:
         code=code_hash("function_vectors"),
         model=model_params,
         function_vectors=config_slice("function_vectors", "enabled"),
-    script:
-        "../scripts/function_vectors.py"
+    run:
+        in_process("../scripts/function_vectors.py", locals())
 
 
 rule aggregate_function_vectors:
@@ -32,12 +30,10 @@ rule aggregate_function_vectors:
         effects=PATHS["function_vector_effects_table"],
     log:
         "logs/aggregate_function_vectors.log",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("aggregate_function_vectors"),
-    script:
-        "../scripts/aggregate_function_vectors.py"
+    run:
+        in_process("../scripts/aggregate_function_vectors.py", locals())
 
 
 rule plot_function_vectors:
@@ -53,10 +49,8 @@ rule plot_function_vectors:
         "logs/plot_function_vectors/{model}.{ext}.log",
     wildcard_constraints:
         ext="png|pdf|svg",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("plot_function_vectors"),
         plots=PLOT_DPI,
-    script:
-        "../scripts/plot_function_vectors.py"
+    run:
+        in_process("../scripts/plot_function_vectors.py", locals())

@@ -14,10 +14,8 @@ rule plot_accuracy:
         "logs/plot_accuracy/{task}.{ext}.log",
     wildcard_constraints:
         ext="png|pdf|svg",
-    conda:
-        "../../envs/fi.yaml"
     params:
         code=code_hash("plot_accuracy"),
         plots=config["plots"],
-    script:
-        "../scripts/plot_accuracy.py"
+    run:
+        in_process("../scripts/plot_accuracy.py", locals())
