@@ -191,8 +191,9 @@ def in_process(script, job):
             import pandas
             import torch
             import transformer_lens.model_bridge
+    parts = ("input", "output", "params", "wildcards", "threads", "resources", "log")
     sm = Snakemake(
-        *(job[k] for k in ("input", "output", "params", "wildcards", "threads", "resources", "log")),
+        *(job[k] for k in parts),
         config,
         job["rule"],
         job["bench_iteration"],
