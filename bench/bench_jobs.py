@@ -17,16 +17,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+from tests.workflow_helpers import snakemake, write_config
+
 TABLE = "results/tables/accuracy.parquet"
 CONFIG = {
     "models": {"fi-toy": {"builtin": True, "train": {"steps": 20, "batch_size": 8, "log_every": 10}}},
@@ -36,15 +35,11 @@ CONFIG = {
 }
 
 
-def snakemake(workdir: Path, cores: int, *args: str) -> float:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--cores", str(cores), *args, TABLE]
+def timed_run(workdir: Path, cores: int, *args: str) -> float:
+    """Wall seconds of `snakemake TABLE` in `workdir` (the tests' runner; a failed run raises)."""
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    elapsed = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"snakemake {' '.join(args)} failed:\n{proc.stderr[-4000:]}")
-    return elapsed
+    snakemake(workdir, "--cores", str(cores), *args, TABLE)
+    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -55,15 +50,15 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="bench_jobs_") as tmp:
         work = Path(tmp)
-        (work / "config.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
-        snakemake(work, args.cores)  # datasets, the model and a first evaluation
+        write_config(work, CONFIG)
+        timed_run(work, args.cores)  # datasets, the model and a first evaluation
         n_jobs = len(list((work / "results/eval").rglob("*.parquet")))
         reference = pd.read_parquet(work / TABLE)
         times: dict[str, list[float]] = {"processes": [], "default": []}
         equal = True
         for _ in range(args.repeats):
             for profile in times:
-                times[profile].append(snakemake(work, args.cores, "--forcerun", "evaluate",
+                times[profile].append(timed_run(work, args.cores, "--forcerun", "evaluate",
                                                 "--workflow-profile", str(REPO / "profiles" / profile)))
                 equal &= reference.equals(pd.read_parquet(work / TABLE))
     p, d = statistics.median(times["processes"]), statistics.median(times["default"])
