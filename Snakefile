@@ -60,6 +60,7 @@ localrules:
     plot_circuits,
     aggregate_function_vectors,
     plot_function_vectors,
+    summary,
 
 
 rule all:

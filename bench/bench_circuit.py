@@ -133,18 +133,18 @@ class RunCounter:
 
 
 def one_variant_at_a_time(model, cache, variants, rows_per_pass=256):
-    return [f for v in variants for f in STACKED(model, cache, [v], rows_per_pass)]
+    return [ld for v in variants for ld in STACKED(model, cache, [v], rows_per_pass)]
 
 
-STACKED = fc.faithfulness_many
+STACKED = fc.circuit_lds
 
 
 def unstacked_search(model, cache, circuit, *args):
-    fc.faithfulness_many = one_variant_at_a_time
+    fc.circuit_lds = one_variant_at_a_time
     try:
         return fc.completeness_search(model, cache, circuit, *args)
     finally:
-        fc.faithfulness_many = STACKED
+        fc.circuit_lds = STACKED
 
 
 def kv_sharing(model, calls):
@@ -194,7 +194,8 @@ def stage(model, data, batch_size, threshold, depth, max_receivers, repeat=1):
     with Recorder() as rec:  # records the receivers and their scores (the last call's), and times each
         def run():
             rec.calls.clear()
-            return fc.iterated_path_patching(model, cache, threshold, depth, ("v",), max_receivers)
+            selection = fc.Selection(output_threshold=threshold, max_receivers=max_receivers)
+            return fc.iterated_path_patching(model, cache, selection, depth, ("v",))
         (edges, _), t_ipp = timed(run, repeat)
     return cache, edges, rec.calls, t_cache, t_ipp
 
@@ -202,10 +203,11 @@ def stage(model, data, batch_size, threshold, depth, max_receivers, repeat=1):
 def search_bench(model, cache, circuit, rollouts, steps, candidates, repeat=1):
     members = fc.circuit_heads(circuit)
     with RunCounter() as cnt:  # counts (the per-call overhead is a few integer additions)
-        fast, t_fast = timed(lambda: fc.completeness_search(model, cache, circuit, rollouts, steps, candidates, 0),
-                             repeat)
+        fast, t_fast = timed(lambda: fc.completeness_search(model, cache, circuit, rollouts, steps, candidates, 0)[
+            "rollouts"], repeat)
     with RunCounter() as cnt1:
-        slow, t_slow = timed(lambda: unstacked_search(model, cache, circuit, rollouts, steps, candidates), repeat)
+        slow, t_slow = timed(lambda: unstacked_search(model, cache, circuit, rollouts, steps, candidates, 0)[
+            "rollouts"], repeat)
     for c in (cnt, cnt1):
         c.passes, c.rows, c.variants = c.passes // repeat, c.rows // repeat, c.variants // repeat
     same_k = [r["k"] for r in fast] == [r["k"] for r in slow]
@@ -221,7 +223,7 @@ def search_bench(model, cache, circuit, rollouts, steps, candidates, repeat=1):
           f"{t_slow / t_fast:5.1f}x")
     print(f"   same rollouts (K sets) {same_k}, max |F diff| {diff:.1e} (x |LD_c - LD_n| = "
           f"{diff * abs(cache.mean_ld_contrast - cache.mean_ld_normal):.1e})  {'OK' if ok else 'DISAGREE'}; "
-          f"max |F(M\\K) - F(C\\K)| {max([abs(r['difference']) for r in fast] or [0.0]):.3f}")
+          f"max |LD(C\\K) - LD(M\\K)| {max([r['difference'] for r in fast] or [0.0]):.3f}")
     return ok
 
 

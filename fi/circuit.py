@@ -1,11 +1,15 @@
 """The paper's circuit (sections 2-4): three head groups found by iterated path patching, and the
 circuit's evaluation (faithfulness, completeness, minimality), through the intervention engine.
 
-Discovery (`discover_circuit`), the paper's `2_circuit_discovery` procedure:
+Discovery (`iterated_path_patching`), the paper's `2_circuit_discovery` procedure, with its head
+selection as rules (`Selection`; the paper chose by rank and by hand, see docs/circuit.md):
   level 0   path patching to the output ranks every head by its direct effect; heads with
-            |score| >= threshold are the first receivers;
-  level n   path patching to each receiver's value input (and q / k when configured) finds the heads
-            that feed it (|score| >= threshold); they are the next level's receivers, to `depth`.
+            |score| >= output_threshold (0.02: the paper's weaker tier; >= strong_threshold, 0.05,
+            is its strong tier) are the first receivers;
+  level n   path patching to each receiver's value input (and q / k when configured): per receiver
+            input, its `receiver_top_k` strongest senders with |score| >= receiver_threshold (the
+            paper's previous-token heads score 0.003-0.1 on the FI heads' value inputs, far below the
+            output level's 0.02, and it took them by rank); they are the next level's receivers.
 Groups (`classify`), from the path graph and from attention statistics on the contrast prompts:
   function_induction  heads that attend from the read position (the query's '=') to the demos'
                       answers (>= attention_threshold) and act on the output directly or through a
@@ -19,7 +23,14 @@ Evaluation (paper 4.1, IOI's criteria): a circuit C is heads x the positions the
 consolidation heads at the '=' positions and the read position, previous-token heads at the demos'
 answers). LD_X is the contrast prompt's LD with every head output outside X replaced by its
 normal-run value; F(X) = (LD_X - LD_normal) / (LD_contrast - LD_normal), so F(model) = 1 and
-F(empty) = 0. Knocking out K (M \\ K, C \\ K) removes K's heads at their circuit positions.
+F(empty) = 0.
+
+Completeness (paper 4.1, its `circuit_eval_offline.py`): for a head set K, C \\ K and M \\ K (M: every
+head at every position) with K's heads removed at every position; the paper compares their logit
+differences LD(C \\ K) and LD(M \\ K) (the scale of its released JSON). Its greedy search
+(`greedy_completeness_search`) draws `candidates` heads per step, keeps the best K over the whole
+search, and stops at the first step where no candidate beats it. Minimality (IOI): per head v,
+max over the visited K of |F(C \\ (K u {v})) - F(C \\ K)|.
 """
 
 from __future__ import annotations
@@ -101,17 +112,54 @@ class Edge:
         return {"sender": list(self.sender), "receiver": self.receiver, "score": self.score}
 
 
-def iterated_path_patching(model, cache: RunCache, threshold: float = 0.05, depth: int = 3,
-                           inputs: Sequence[str] = ("v",), max_receivers: int = 8,
-                           rows_per_pass: int = 256) -> tuple[list[Edge], torch.Tensor]:
+@dataclass(frozen=True)
+class Selection:
+    """Which senders path patching puts in the graph (the paper's choices as rules; defaults recover
+    every output-level head the paper chose for its four models from its released scores, and all
+    eight of Gemma-2-9B's previous-token heads: docs/circuit.md, tests/test_circuit_selection.py).
+
+    output_threshold    |score to the output| for a direct-effect head (the paper's 0.02 tier)
+    strong_threshold    the tier boundary: heads at or above it are 'strong', the others 'weak'
+    receiver_top_k      per receiver input, at most this many senders, strongest first
+    receiver_threshold  ... each with |score| >= this
+    max_receivers       at most this many heads of a level are the next level's receivers,
+                        strongest first (None: all); a cost cap for large models"""
+
+    output_threshold: float = 0.02
+    strong_threshold: float = 0.05
+    receiver_top_k: int = 4
+    receiver_threshold: float = 0.003
+    max_receivers: int | None = None
+
+    @classmethod
+    def from_config(cls, selection: dict) -> Selection:
+        return cls(**{k: selection[k] for k in cls.__dataclass_fields__ if k in selection})
+
+    def tier(self, score: float) -> str:
+        return "strong" if abs(score) >= self.strong_threshold else "weak"
+
+    def direct(self, scores: torch.Tensor) -> list[tuple[Head, float]]:
+        """(head, score) of the direct-effect heads, strongest first."""
+        picked = [((layer, head), float(scores[layer, head])) for layer in range(scores.shape[0])
+                  for head in range(scores.shape[1]) if abs(float(scores[layer, head])) >= self.output_threshold]
+        return sorted(picked, key=lambda x: (-abs(x[1]), x[0]))
+
+    def senders(self, scores: torch.Tensor, below_layer: int) -> list[tuple[Head, float]]:
+        """(head, score) of one receiver input's selected senders (layers below the receiver's),
+        strongest first."""
+        picked = [((layer, head), float(scores[layer, head])) for layer in range(below_layer)
+                  for head in range(scores.shape[1]) if abs(float(scores[layer, head])) >= self.receiver_threshold]
+        return sorted(picked, key=lambda x: (-abs(x[1]), x[0]))[:self.receiver_top_k]
+
+
+def iterated_path_patching(model, cache: RunCache, selection: Selection | None = None, depth: int = 3,
+                           inputs: Sequence[str] = ("v",), rows_per_pass: int = 256) -> tuple[list[Edge], torch.Tensor]:
     """Edges of the path graph, level by level from the output down, and the direct-effect scores
-    [L, H]. Each level's receivers are the senders found at the level above, strongest first, at
-    most `max_receivers` (a real model's graph is wide; the strongest paths carry the circuit)."""
+    [L, H]. Each level's receivers are the senders selected at the level above (`Selection`)."""
+    selection = selection or Selection()
     direct = path_patching(model, cache, "output", rows_per_pass)
-    edges = [Edge((layer, head), "output", float(direct[layer, head]))
-             for layer in range(cache.n_layers) for head in range(cache.n_heads)
-             if abs(float(direct[layer, head])) >= threshold]
-    frontier = _strongest([(e.sender, e.score) for e in edges], max_receivers)
+    edges = [Edge(head, "output", s) for head, s in selection.direct(direct)]
+    frontier = _strongest([(e.sender, e.score) for e in edges], selection.max_receivers)
     done: set[Head] = set()
     n_kv = int(getattr(model.bridge.cfg, "n_key_value_heads", None) or cache.n_heads)
     group = cache.n_heads // n_kv
@@ -131,20 +179,16 @@ def iterated_path_patching(model, cache: RunCache, threshold: float = 0.05, dept
             for r, scores in path_patching_to_heads(model, cache, todo, rows_per_pass).items():
                 computed[key(r)] = scores
         for receiver in receivers:
-            scores = computed[key(receiver)]
-            for layer in range(receiver.layer):
-                for h in range(cache.n_heads):
-                    s = float(scores[layer, h])
-                    if abs(s) >= threshold:
-                        edges.append(Edge((layer, h), str(receiver), s))
-                        found.append(((layer, h), s))
-        frontier = [h for h in _strongest(found, max_receivers) if h not in done]
+            for sender, s in selection.senders(computed[key(receiver)], receiver.layer):
+                edges.append(Edge(sender, str(receiver), s))
+                found.append((sender, s))
+        frontier = [h for h in _strongest(found, selection.max_receivers) if h not in done]
         if not frontier:
             break
     return edges, direct
 
 
-def _strongest(scored: list[tuple[Head, float]], limit: int) -> list[Head]:
+def _strongest(scored: list[tuple[Head, float]], limit: int | None) -> list[Head]:
     best: dict[Head, float] = {}
     for head, s in scored:
         best[head] = max(best.get(head, 0.0), abs(s))
@@ -231,9 +275,10 @@ def _interventions(cache: RunCache, i: int, kept: Sequence[tuple[Head, str]] | N
     return out
 
 
-def faithfulness_many(model, cache: RunCache, variants: Sequence[tuple[Sequence | None, Sequence]],
-                      rows_per_pass: int = 256) -> list[float]:
-    """F of each (kept, knocked) variant (see _interventions), variants stacked along the batch."""
+def circuit_lds(model, cache: RunCache, variants: Sequence[tuple[Sequence | None, Sequence]],
+                rows_per_pass: int = 256) -> list[float]:
+    """Mean LD of the contrast run under each (kept, knocked) variant (see _interventions), variants
+    stacked along the batch: the paper's `eval_circuit_batched` score, divided by the prompt count."""
     totals = torch.zeros(len(variants))
     for i, chunk in enumerate(cache.chunks):
         per_pass = max(1, rows_per_pass // chunk.size)
@@ -241,8 +286,18 @@ def faithfulness_many(model, cache: RunCache, variants: Sequence[tuple[Sequence 
             block = variants[start:start + per_pass]
             ivs = [_interventions(cache, i, kept, knocked) for kept, knocked in block]
             totals[start:start + len(block)] += run_with_interventions(model, cache, i, ivs).sum(1)
-    ld = totals / cache.data.size
-    return [float(x) for x in (ld - cache.mean_ld_normal) / (cache.mean_ld_contrast - cache.mean_ld_normal)]
+    return [float(x) for x in totals / cache.data.size]
+
+
+def to_f(cache: RunCache, ld: float) -> float:
+    """F of a mean LD: (LD - LD_normal) / (LD_contrast - LD_normal)."""
+    return (ld - cache.mean_ld_normal) / (cache.mean_ld_contrast - cache.mean_ld_normal)
+
+
+def faithfulness_many(model, cache: RunCache, variants: Sequence[tuple[Sequence | None, Sequence]],
+                      rows_per_pass: int = 256) -> list[float]:
+    """F of each (kept, knocked) variant (see _interventions)."""
+    return [to_f(cache, ld) for ld in circuit_lds(model, cache, variants, rows_per_pass)]
 
 
 def faithfulness(model, cache: RunCache, circuit: Circuit) -> float:
@@ -250,67 +305,111 @@ def faithfulness(model, cache: RunCache, circuit: Circuit) -> float:
     return faithfulness_many(model, cache, [(circuit_heads(circuit), ())])[0]
 
 
+def circuit_members(circuit: Circuit) -> list[Head]:
+    """The circuit's heads in group order (GROUPS), as the paper lists `all_heads` (a head in two
+    groups twice: the paper's candidates are a set of them)."""
+    return [(int(a), int(b)) for g in GROUPS for a, b in circuit.get(g, [])]
+
+
+def without(circuit: Circuit, k: Sequence[Head]) -> list[tuple[Head, str]]:
+    """C \\ K: the circuit's (head, group) pairs whose head is not in K."""
+    gone = {tuple(h) for h in k}
+    return [(h, g) for h, g in circuit_heads(circuit) if h not in gone]
+
+
+def completeness_lds(model, cache: RunCache, circuit: Circuit, k_sets: Sequence[Sequence[Head]]) -> list[tuple[float, float]]:
+    """Per K, the paper's (score_A, score_B) of `get_completeness_score`: the mean LD of C \\ K and of
+    M \\ K, K's heads patched from the normal run at every position in both."""
+    variants = []
+    for k in k_sets:
+        variants += [(without(circuit, k), ()), (None, [(tuple(h), "everywhere") for h in k])]
+    lds = circuit_lds(model, cache, variants)
+    return [(lds[2 * j], lds[2 * j + 1]) for j in range(len(k_sets))]
+
+
+def greedy_completeness_search(model, cache: RunCache, circuit: Circuit, rng: random.Random, steps: int = 5,
+                               candidates: int = 5) -> tuple[list[Head], float, list[dict]]:
+    """The paper's `one_greedy_search`: per step, draw `candidates` circuit heads not in K (as the
+    paper draws them: `rng.sample(list(set(all_heads) - set(K)), n)`, so the same seed draws the same
+    heads) and score K + [v] for each; the best K over the whole search and its gap
+    |LD(C \\ K) - LD(M \\ K)| are kept, and the search stops at the first step where no candidate
+    beats that best. Returns (K, gap, trace of every candidate scored)."""
+    all_heads = circuit_members(circuit)
+    best_k: list[Head] = []
+    best_gap = 0.0
+    k: list[Head] = []
+    trace = []
+    for step in range(steps):
+        pool = list(set(all_heads).difference(k))
+        if not pool:
+            break
+        # the paper samples exactly `candidates` (and fails on a smaller pool); we take the pool
+        drawn = rng.sample(pool, min(candidates, len(pool)))
+        improved = False
+        for v, (ld_c, ld_m) in zip(drawn, completeness_lds(model, cache, circuit, [k + [v] for v in drawn])):
+            gap = abs(ld_c - ld_m)
+            trace.append({"step": step, "k": [list(h) for h in k + [v]], "ld_circuit_minus_k": ld_c,
+                          "ld_model_minus_k": ld_m, "gap": gap})
+            if gap > best_gap:  # strictly better, in draw order: the paper's rule
+                best_gap, best_k, improved = gap, k + [v], True
+        if not improved:
+            break
+        k = best_k
+    return best_k, best_gap, trace
+
+
 def completeness_search(model, cache: RunCache, circuit: Circuit, rollouts: int = 10, steps: int = 5,
-                        candidates: int = 5, seed: int = 0) -> list[dict]:
-    """The paper's greedy search for a set K that maximises |F(C \\ K) - F(M \\ K)|: per rollout,
-    `steps` times, draw `candidates` circuit heads not yet in K and add the one that maximises the
-    gap. Returns per rollout the final K, F(M \\ K), F(C \\ K), their difference, and the trace."""
+                        candidates: int = 5, seed: int = 202505, n_random: int = 20,
+                        random_size: int = 5) -> dict:
+    """The paper's completeness analysis: `rollouts` greedy searches from one `random.Random(seed)`
+    (the paper: `random.seed(202505)`, 10 rollouts), each rollout's K scored again (as the paper
+    writes its JSON), and the figure's other points: K empty, K = each group, and `n_random` random
+    `random_size`-head K drawn from the circuit. Every point has the LDs and F of C \\ K and M \\ K."""
     rng = random.Random(seed)
-    members = circuit_heads(circuit)
-    out = []
-    for r in progress(range(rollouts), "completeness rollouts"):
-        knocked: list[tuple[Head, str]] = []
-        trace = []
-        for _ in range(min(steps, len(members))):
-            pool = [m for m in members if m not in knocked]
-            cands = rng.sample(pool, min(candidates, len(pool)))
-            variants = []
-            for c in cands:
-                k = knocked + [c]
-                variants += [(None, k), ([m for m in members if m not in k], ())]
-            f = faithfulness_many(model, cache, variants)
-            gaps = [abs(f[2 * j] - f[2 * j + 1]) for j in range(len(cands))]
-            j = max(range(len(cands)), key=lambda x: gaps[x])
-            knocked = knocked + [cands[j]]
-            trace.append({"added": list(cands[j][0]), "group": cands[j][1], "f_model_minus_k": f[2 * j],
-                          "f_circuit_minus_k": f[2 * j + 1], "gap": gaps[j]})
-        if not trace:  # an empty circuit: K is empty
-            trace_end = {"f_model_minus_k": 1.0, "f_circuit_minus_k": faithfulness(model, cache, circuit)}
-        last = trace[-1] if trace else trace_end
-        out.append({"rollout": r, "k": [list(h) for h, _ in knocked], "k_groups": [g for _, g in knocked],
-                    "f_model_minus_k": last["f_model_minus_k"],
-                    "f_circuit_minus_k": last["f_circuit_minus_k"],
-                    "difference": last["f_model_minus_k"] - last["f_circuit_minus_k"], "trace": trace})
-    return out
+    found = [greedy_completeness_search(model, cache, circuit, rng, steps, candidates)
+             for _ in progress(range(rollouts), "completeness rollouts")]
+    members = sorted(set(circuit_members(circuit)))
+    points: list[tuple[str, list[Head]]] = [("empty", [])]
+    points += [(f"group:{g}", [tuple(h) for h in circuit[g]]) for g in GROUPS if circuit.get(g)]
+    size = min(random_size, len(members))
+    points += [("random", rng.sample(members, size)) for _ in range(n_random if size else 0)]
+    points += [("greedy", k) for k, _, _ in found]
+    scored = []
+    for (kind, k), (ld_c, ld_m) in zip(points, completeness_lds(model, cache, circuit, [k for _, k in points])):
+        scored.append({"kind": kind, "k": [list(h) for h in k], "ld_circuit_minus_k": ld_c, "ld_model_minus_k": ld_m,
+                       "f_circuit_minus_k": to_f(cache, ld_c), "f_model_minus_k": to_f(cache, ld_m),
+                       "difference": abs(ld_c - ld_m), "f_difference": abs(to_f(cache, ld_c) - to_f(cache, ld_m))})
+    greedy = [p for p in scored if p["kind"] == "greedy"]
+    out = [{"rollout": r, **p, "search_gap": gap, "trace": trace}
+           for r, (p, (_, gap, trace)) in enumerate(zip(greedy, found))]
+    distinct = {tuple(map(tuple, r["k"])) for r in out}
+    return {"rollouts": out, "points": scored, "n_distinct_k": len(distinct),
+            "pool_smaller_than_candidates": len(members) <= candidates}
 
 
-def minimality(model, cache: RunCache, circuit: Circuit, k_sets: Sequence[Sequence[tuple[Head, str]]]) -> list[dict]:
+def minimality(model, cache: RunCache, circuit: Circuit, k_sets: Sequence[Sequence[Head]]) -> list[dict]:
     """IOI's minimality: for each circuit head v, |F(C \\ (K u {v})) - F(C \\ K)| for its best K among
     the empty set and `k_sets` (the sets the completeness search visited), K never holding v."""
-    members = circuit_heads(circuit)
     out = []
-    for v in members:
-        ks = [[]] + [[m for m in k if m != v] for k in k_sets]
+    for v in sorted(set(circuit_members(circuit))):
+        ks = [[]] + [[h for h in map(tuple, k) if h != v] for k in k_sets]
         variants = []
         for k in ks:
-            variants += [([m for m in members if m not in k and m != v], ()), ([m for m in members if m not in k], ())]
+            variants += [(without(circuit, k + [v]), ()), (without(circuit, k), ())]
         f = faithfulness_many(model, cache, variants)
         changes = [abs(f[2 * j] - f[2 * j + 1]) for j in range(len(ks))]
         j = max(range(len(ks)), key=lambda x: changes[x])
-        out.append({"layer": v[0][0], "head": v[0][1], "group": v[1], "k": [list(h) for h, _ in ks[j]],
+        groups = [g for g in GROUPS if [v[0], v[1]] in [list(h) for h in circuit.get(g, [])]]
+        out.append({"layer": v[0], "head": v[1], "group": "+".join(groups), "k": [list(h) for h in ks[j]],
                     "f_without_v": f[2 * j], "f_with_v": f[2 * j + 1], "change": changes[j]})
     return out
 
 
 def paper_completeness_json(rollouts: list[dict]) -> dict:
-    """The shape of the paper's completeness_greedy_search_*.json: {rollout: [K, a, b, a - b]} with
-    a = F(M \\ K) and b = F(C \\ K) (our reading of its columns; its values are on its own scale)."""
-    return {str(r["rollout"]): [r["k"], r["f_model_minus_k"], r["f_circuit_minus_k"], r["difference"]] for r in rollouts}
-
-
-def knocked_sets(rollouts: list[dict]) -> list[list[tuple[Head, str]]]:
-    """The (head, group) sets K of completeness_search's rollouts, for `minimality`."""
-    return [[((int(a), int(b)), g) for (a, b), g in zip(r["k"], r["k_groups"])] for r in rollouts]
+    """The paper's completeness_greedy_search_*.json: {rollout: [K, LD(C \\ K), LD(M \\ K), |difference|]}
+    (its `[K, score_A, score_B, abs(score_A - score_B)]`, logit differences)."""
+    return {str(r["rollout"]): [r["k"], r["ld_circuit_minus_k"], r["ld_model_minus_k"], r["difference"]]
+            for r in rollouts}
 
 
 def overlap(a: Circuit, b: Circuit) -> dict[str, float | None]:

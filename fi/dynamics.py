@@ -2,24 +2,37 @@
 its checkpoints (issue 13; the reference is Singh et al. 2024, "What needs to go right for an
 induction head?", and its "artificial optogenetics").
 
-Clamping itself (what a `Clamp` is and how clamped steps run) lives in fi.clamping.
+Clamping itself (what a `Clamp` is and how clamped steps run) lives in fi.clamping. A clamped run's
+checkpoints are measured through the same clamps (those active at the checkpoint's step,
+fi.clamping.active_at_checkpoint), so a head zeroed throughout training is measured zeroed.
 """
 
 from __future__ import annotations
 
+import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from fi.dynamics_runs import REF_KINDS, Run, checkpoint_steps, clamp_entries, needs_fi_heads, reference_steps, runs  # noqa: F401
+from fi.dynamics_runs import (  # noqa: F401
+    REF_KINDS,
+    Run,
+    check_clamp_entry,
+    checkpoint_steps,
+    clamp_entries,
+    needs_fi_heads,
+    reference_steps,
+    runs,
+)
 
 if TYPE_CHECKING:  # pandas is imported where it is used, to keep the DAG's planning light
     import pandas as pd
 
-from fi.clamping import KINDS, Clamp, ClampedForward, uniform_pattern  # noqa: F401
-from fi.interventions import pattern_hook
+from fi.clamping import KINDS, Clamp, ClampedForward, active_at_checkpoint, clamped, uniform_pattern  # noqa: F401
+from fi.interventions import pattern_hook, z_hook
 
 SOURCE_NAMES = ("addition", "letter_shift", "repeated_tokens")
 
@@ -58,26 +71,50 @@ def query_attention_to_answers(model, data) -> torch.Tensor:
     return out / data.size
 
 
+def _unpatchable_heads(cache) -> torch.Tensor:
+    """[layers, heads] bool: heads whose output (hook_z) is the same on the normal and the contrast
+    prompt of every example at every position (a head a clamp zeroes): there is nothing to patch, so
+    their path score is 0 by definition; computed, it would be float rounding (~1e-7: path patching's
+    run 1 rebuilt against the contrast run)."""
+    out = torch.ones(cache.n_layers, cache.n_heads, dtype=torch.bool)
+    for normal, contrast in zip(cache.normal, cache.contrast):
+        for layer in range(cache.n_layers):
+            n, c = normal[z_hook(layer)], contrast[z_hook(layer)]
+            out[layer] &= (n == c).flatten(end_dim=1).all(0).all(-1).cpu()
+    return out
+
+
 def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets: list[str], head_types: dict,
-                      max_examples: int = 100, batch_size: int = 16, eval_batch_size: int = 64) -> pd.DataFrame:
+                      max_examples: int = 100, batch_size: int = 16, eval_batch_size: int = 64,
+                      clamps: Sequence[Clamp] = ()) -> pd.DataFrame:
     """Every progress measure of one checkpoint folder, as long rows (measure, task, variant, shots,
-    layer, head, value; layer = head = -1 for a model-level measure):
+    layer, head, value; layer = head = -1 for a model-level measure), every one of them through
+    `clamps` (fi.clamping.clamped: the clamped run's forward; column `clamps`, JSON, records them):
       heldout_loss_<source>   loss per data source on a fixed held-out batch (heldout_losses)
       cf_acc, orig_acc        on each cell (fi.evaluation.evaluate_task)
       ld_normal, ld_contrast  the cell's mean logit differences (as attribution reports them)
       path_output             path patching to the output, normalised (the FI-head score, per head)
       attn_query_answers      attention from the query's '=' to the demos' answers (per head)
-      previous_token_score, duplicate_token_score, induction_score (fi.heads.head_type_scores)"""
+      previous_token_score, duplicate_token_score, induction_score (fi.heads.head_type_scores)
+    A head whose output is the same on the normal and contrast prompts (zeroed) has path score 0."""
+    from fi.models import load_model
+
+    model = load_model(Path(checkpoint).name, path=str(checkpoint), device="cpu")
+    with clamped(model, clamps):
+        df = _measures(model, train, cells, datasets, head_types, max_examples, batch_size, eval_batch_size)
+    df["clamps"] = json.dumps([c.describe() for c in clamps if c.heads])
+    return df
+
+
+def _measures(model, train, cells, datasets, head_types, max_examples, batch_size, eval_batch_size):
     import pandas as pd
 
     from fi.evaluation import evaluate_task
     from fi.heads import head_type_scores
     from fi.io import read_jsonl
-    from fi.models import load_model
     from fi.patching import Patcher, build_patching_data
     from fi.tasks import get_family
 
-    model = load_model(Path(checkpoint).name, path=str(checkpoint), device="cpu")
     rows = []
 
     def add(measure, value, cell=None, layer=-1, head=-1):
@@ -98,8 +135,9 @@ def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets:
         patcher = Patcher(model, data, batch_size=batch_size)
         add("ld_normal", patcher.ld_normal, cell)
         add("ld_contrast", patcher.ld_contrast, cell)
-        for name, grid in (("path_output", patcher.path_patching()), ("attn_query_answers",
-                                                                       query_attention_to_answers(model, data))):
+        path = patcher.path_patching()
+        path[_unpatchable_heads(patcher.cache)] = 0.0
+        for name, grid in (("path_output", path), ("attn_query_answers", query_attention_to_answers(model, data))):
             for layer in range(grid.shape[0]):
                 for head in range(grid.shape[1]):
                     add(name, grid[layer, head], cell, layer, head)
@@ -236,8 +274,8 @@ def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None
     criterion). With a `cell`, they are that cell's FI heads, picked the same way from `fi_measures`
     at every seed. A *_ref clamp's reference is the baseline's checkpoint at its `reference` step
     (null: the baseline's final model). The clamps as applied (heads resolved) are saved in the run
-    folder as clamps.json."""
-    import json
+    folder as clamps.json, with each *_ref clamp's reference folder (`reference_path`), which the
+    measures of the run's checkpoints apply them from (run_clamps)."""
     import logging
 
     from fi.io import write_json
@@ -251,10 +289,12 @@ def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None
         elif entry.get("heads") == "fi":
             entry["heads"] = (json.loads(Path(fi_heads).read_text())["heads"] if fi_heads
                               else fi_heads_from_measures(fi_measures, discovery))
+        check_clamp_entry(entry, train, f"clamp {entry}")  # the resolved heads too
         reference = None
         if entry.get("kind", "zero") in REF_KINDS:
             step = entry.get("reference")
             reference = str(baseline if step is None else checkpoint_dir(baseline, step))
+            entry["reference_path"] = reference
         values.append(Clamp.from_config(entry, reference))
         applied.append(entry)
     curve = train_model(train, output, threads=threads, progress=False, clamps=values)
@@ -263,8 +303,26 @@ def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None
                                  applied, curve["loss"].iloc[-1])
 
 
+def run_clamps(run_dir: str) -> list[Clamp]:
+    """The clamps a run was trained with, as applied (its clamps.json, heads resolved); none for a run
+    without one (a baseline: the grid's model folder has none)."""
+    path = Path(run_dir) / "clamps.json"
+    if not path.exists():
+        return []
+    out = []
+    for entry in json.loads(path.read_text()):
+        if entry.get("kind", "zero") in REF_KINDS and not entry.get("reference_path"):
+            raise ValueError(f"{path}: clamp {entry} has no reference_path (trained before the measures applied "
+                             "clamps); retrain the run")
+        out.append(Clamp.from_config(entry, entry.get("reference_path")))
+    return out
+
+
 def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], datasets: list[str],
                        head_types: dict, params: dict, keys: dict, output: str, threads: int | None = None) -> None:
+    """The progress measures of a run's checkpoint at `step`, through the clamps active at that step
+    (fi.clamping.active_at_checkpoint: those covering training step `step`, the final checkpoint
+    taking the last step's), recorded in the column `clamps`."""
     import logging
     import time
 
@@ -274,13 +332,15 @@ def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], 
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
+    active = active_at_checkpoint(run_clamps(run_dir), step, train["steps"])
     df = progress_measures(str(checkpoint_dir(run_dir, step)), train, cells, datasets, head_types,
-                           params["max_examples"], params["batch_size"])
+                           params["max_examples"], params["batch_size"], clamps=active)
     for i, (k, v) in enumerate({**keys, "step": int(step)}.items()):
         df.insert(i, k, v)
     df["seconds"] = time.perf_counter() - t0
     write_parquet(df, output)
-    logging.getLogger("fi").info("%s step %d: %d measures in %.1fs", run_dir, step, len(df), df["seconds"].iloc[0])
+    logging.getLogger("fi").info("%s step %d: %d measures in %.1fs, clamps %s", run_dir, step, len(df),
+                                 df["seconds"].iloc[0], df["clamps"].iloc[0])
 
 
 def formation_summary(table: pd.DataFrame, formation: pd.DataFrame) -> pd.DataFrame:
@@ -329,10 +389,10 @@ def aggregate_dynamics(measures: list[str], threshold: float, table: str, format
     df = pd.concat([pd.read_parquet(p) for p in measures], ignore_index=True)
     df = df.sort_values(["model", "run", "seed", "step", "measure", "task", "variant", "layer", "head"],
                         kind="stable").reset_index(drop=True)
-    write_parquet(df, table)
+    write_parquet(df, table, sources=measures)
     steps = formation_steps(df, threshold, min_gap)
-    write_parquet(steps, formation)
-    write_parquet(formation_summary(df, steps), summary)
+    write_parquet(steps, formation, sources=measures)
+    write_parquet(formation_summary(df, steps), summary, sources=measures)
 
 
 def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:

@@ -6,6 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REF_KINDS = ("pattern_ref", "value_ref", "output_ref")
+# The clamp kinds (fi.clamping says what each does); here so that the DAG's planning checks them
+# without torch.
+KINDS = ("zero", "mean", "pattern_uniform", "pattern_previous_token", "pattern_answers") + REF_KINDS
 
 
 def checkpoint_steps(cfg: dict) -> list[int]:
@@ -99,10 +102,37 @@ def runs(config: dict) -> list[Run]:
             if cell and not any(_same_cell(cell, c) for c in measured):
                 raise ConfigError(f"dynamics.runs.{spec['name']}.clamps: cell {cell} is not measured on the "
                                   f"checkpoints; add it to dynamics.cells (measured: {measured})")
+        for clamp in spec.get("clamps", []):
+            for m in models(config):
+                if m.builtin and spec.get("model") in (None, m.name):
+                    check_clamp_entry(clamp, {**m.cfg["train"], **spec.get("train", {})},
+                                      f"dynamics.runs.{spec['name']}.clamps")
     names = [r["name"] for r in dyn["runs"]]
     if len(set(names)) != len(names) or "baseline" in names:
         raise ConfigError(f"dynamics.runs: names must be unique and not 'baseline': {names}")
     return out
+
+
+def check_clamp_entry(entry: dict, train: dict, where: str) -> None:
+    """A clamp entry that cannot apply to the model `train` describes: an unknown kind, a head outside
+    the model, steps that are not [start, stop) with 0 <= start <= stop. Raises ConfigError naming it."""
+    from fi.grid import ConfigError
+
+    kind = entry.get("kind", "zero")
+    if kind not in KINDS:
+        raise ConfigError(f"{where}: unknown clamp kind {kind!r}; expected one of {KINDS}")
+    heads = entry.get("heads")
+    if heads != "fi":
+        n_layers, n_heads = int(train["n_layers"]), int(train["n_heads"])
+        for head in heads or []:
+            if (len(head) != 2 or not all(isinstance(x, int) for x in head)
+                    or not (0 <= head[0] < n_layers and 0 <= head[1] < n_heads)):
+                raise ConfigError(f"{where}: head {head} is not a [layer, head] of this model "
+                                  f"({n_layers} layers x {n_heads} heads)")
+    steps = entry.get("steps") or [0, None]
+    if len(steps) != 2 or steps[0] is None or int(steps[0]) < 0 or (steps[1] is not None and int(steps[1]) < int(steps[0])):
+        raise ConfigError(f"{where}: steps {steps} are not [start, stop) with 0 <= start <= stop (stop null: "
+                          "to the end)")
 
 
 def _same_cell(a: dict, b: dict) -> bool:

@@ -2,17 +2,25 @@
 an off-by-k prompt, added to prompts that show no function at all, moves the answer by k.
 
 Definitions (the table's columns are named after them):
+  * **heads**: the `function_induction` group of the model's circuit (`fi.circuit`, found on the
+    discovery cell); where the circuit stage is off or that group is empty, the discovery heads
+    (`results/heads/<model>.json`). `head_source` says which ("circuit" or "discovery").
   * **function vector** of head h for offset k: the mean of h's output `hook_z` (its per-head
     attention output before W_O, [d_head]) at the final position of the contrast prompts of offset k
     (addition, `setting`/`nmax` from the config, `shots` demos; `fi.patching.build_patching_data`,
     read at `data.last`, which for addition is the query's `=`: the two answers differ at their first
     token). Means are over the prompts kept by `build_patching_data` (`n_prompts`).
-  * **naive prompts**: `f"{i-1}={i-1}\\n{i}="` for i = 0..9 (i = 0 gives "-1=-1\\n0="): one demo of the
-    identity, then the input i. The ten digit tokens "0".."9" are read after each prompt (their ids
-    from the tokenizer: `fi.answers.answer_token_ids`, first token).
+  * **vector sets** (`group`, `prompts`): the FI heads' vectors from the contrast prompts (the
+    function vectors proper); the same heads' mean output at the same position of the NORMAL prompts
+    of the same examples (plain a+b demos: a control that should not carry +k); and, as in the paper's
+    appendix, the circuit's `previous_token` and `consolidation` groups' vectors from the contrast
+    prompts. `heads` = "all" is a whole group's set.
+  * **naive prompts** (the paper's): `f"{j}={j}\n{i}="` with j = (i-1) % 10 for i = 0..9 (i = 0 gives
+    "9=9\n0="): one demo of the identity, then the input i. The ten digit tokens "0".."9" are read
+    after each prompt (their ids from the tokenizer: `fi.answers.answer_token_ids`, first token).
   * **patched run**: the naive prompt with `scale * vector_h` added to head h's `hook_z` at the
-    prompt's last position, for every h of the head set (one head, or all FI heads together: `heads`
-    = "L.H" or "all"), through `fi.interventions.Intervention.add`.
+    prompt's last position, for every h of the head set (one head, or all heads of the set together:
+    `heads` = "L<layer>H<head>", e.g. "L0H2", or "all"), through `fi.interventions.Intervention.add`.
   * **shift**[k, heads, scale, input i, output d] = digit d's logit in the patched run minus in the
     unpatched run (logits of the final norm and unembedding, soft-capping included, `fi.readout`).
   * **+j effect** of one (k, heads, scale): for every input i with 0 <= i + j <= 9,
@@ -21,9 +29,9 @@ Definitions (the table's columns are named after them):
     logits, which changes no probability, counts 0), averaged over those inputs. The **+k effect** is
     the +j effect at j = k: does the +k vector move the answer by k. `effects` gives it for every j
     in -max|k|-1..max|k|+1, so one sees whether the +1 vector moves answers by +1 rather than +2 or 0.
-  * **share** of head h: its own +k effect divided by the +k effect of all FI heads together, at the
-    same k and scale ("each FI head emits a fraction of the function"). Effects need not add up (the
-    model is not linear in the vector), so `share_sum` (the heads' shares added) is reported too.
+  * **share** of head h: its own +k effect divided by the +k effect of all heads of its set together,
+    at the same k and scale ("each FI head emits a fraction of the function"). Effects need not add
+    up (the model is not linear in the vector), so `share_sum` (the heads' shares added) is reported too.
 """
 
 from __future__ import annotations
@@ -41,18 +49,26 @@ from fi.readout import residual_readout_holds, run_to_final_resid, unembed_token
 Head = tuple[int, int]
 ALL = "all"
 DIGITS = tuple(str(d) for d in range(10))
+# the vector sets: head groups (fi.circuit.GROUPS) and the prompts their vectors are read on
+FI = "function_induction"
+CONTRAST, NORMAL = "contrast", "normal"
 # the per-model table (results/function_vectors/<model>.parquet), one row per shift
-SHIFT_COLUMNS = ["model", "offset", "heads", "layer", "head", "scale", "input", "output", "target", "shift",
-                 "clean_logit", "patched_logit", "vector_norm", "n_prompts", "setting", "nmax", "shots"]
-EFFECT_COLUMNS = ["model", "offset", "heads", "layer", "head", "scale", "measured_offset", "effect", "n_inputs"]
+SHIFT_COLUMNS = ["model", "group", "prompts", "head_source", "offset", "heads", "layer", "head", "scale", "input",
+                 "output", "target", "shift", "clean_logit", "patched_logit", "vector_norm", "n_prompts", "setting",
+                 "nmax", "shots"]
+# a vector set's identity: which heads' vectors, read on which prompts, chosen how
+SET_KEYS = ["group", "prompts", "head_source"]
+EFFECT_COLUMNS = ["model", *SET_KEYS, "offset", "heads", "layer", "head", "scale", "measured_offset", "effect",
+                  "n_inputs"]
 
 
 def head_label(head: Head) -> str:
-    return f"{head[0]}.{head[1]}"
+    return f"L{head[0]}H{head[1]}"
 
 
 def naive_prompts() -> list[str]:
-    return [f"{i - 1}={i - 1}\n{i}=" for i in range(10)]
+    """The paper's: one identity demo of the previous digit (wrapping: 9 before 0), then input i."""
+    return [f"{(i - 1) % 10}={(i - 1) % 10}\n{i}=" for i in range(10)]
 
 
 @dataclass
@@ -110,10 +126,13 @@ def mean_head_outputs(model, tokens: torch.Tensor, last: torch.Tensor, heads: Se
     return torch.stack([sums[h] / tokens.shape[0] for h in heads])
 
 
-def function_vectors(model, data, heads: Sequence[Head], batch_size: int = 16) -> torch.Tensor:
+def function_vectors(model, data, heads: Sequence[Head], batch_size: int = 16,
+                     prompts: str = CONTRAST) -> torch.Tensor:
     """Each head's function vector from patching data (`fi.patching.PatchingData`) of one offset:
-    the mean `hook_z` at `data.last` of the contrast prompts; [len(heads), d_head]."""
-    return mean_head_outputs(model, data.contrast, data.last, heads, batch_size)
+    the mean `hook_z` at `data.last` of the contrast prompts (`prompts` = "normal": of the normal
+    prompts, the same examples without the offset, read at the same position); [len(heads), d_head]."""
+    tokens = {CONTRAST: data.contrast, NORMAL: data.normal}[prompts]
+    return mean_head_outputs(model, tokens, data.last, heads, batch_size)
 
 
 def vector_interventions(heads: Sequence[Head], vectors: torch.Tensor, positions: torch.Tensor,
@@ -166,8 +185,49 @@ def digit_logits(model, prompts: NaivePrompts, variants: Sequence[Sequence[tuple
 
 # ---- the experiment -----------------------------------------------------------------------------
 
+# the circuit's other groups (fi.circuit.GROUPS), whose vectors the paper's appendix compares; named
+# here rather than imported so that editing fi.circuit does not rerun this stage
+OTHER_GROUPS = ("previous_token", "consolidation")
+
+
+@dataclass(frozen=True)
+class VectorSet:
+    """One labelled set of the table: these heads' vectors, read on these prompts."""
+
+    group: str  # a circuit group's name (FI, or one of OTHER_GROUPS)
+    prompts: str  # CONTRAST or NORMAL
+    head_source: str  # "circuit", or "discovery" (the FI group fell back to the discovery heads)
+    heads: tuple[Head, ...]
+
+
+def vector_sets(discovery_heads: Sequence[Head], circuit_groups: dict | None) -> list[VectorSet]:
+    """The sets of the table: the FI heads' vectors on the contrast prompts (the function vectors)
+    and on the normal prompts (the control), then each non-empty group of OTHER_GROUPS on the contrast
+    prompts. The FI heads are the circuit's `function_induction` group (`circuit_groups`: a circuit
+    file's "groups"; None when the circuit stage is off), or the discovery heads where that is empty."""
+    groups = {g: tuple(tuple(map(int, h)) for h in hs) for g, hs in (circuit_groups or {}).items()}
+    fi_heads, source = groups.get(FI, ()), "circuit"
+    if not fi_heads:
+        fi_heads, source = tuple(tuple(map(int, h)) for h in discovery_heads), "discovery"
+    sets = [VectorSet(FI, CONTRAST, source, fi_heads), VectorSet(FI, NORMAL, source, fi_heads)]
+    return sets + [VectorSet(g, CONTRAST, "circuit", groups[g]) for g in OTHER_GROUPS if groups.get(g)]
+
+
+def set_vectors(model, data, sets: Sequence[VectorSet], batch_size: int = 16) -> list[torch.Tensor]:
+    """Each set's vectors from one offset's patching data, [len(set.heads), d_head] each; one capture
+    per kind of prompts (for every head of the sets read on them)."""
+    out: list[torch.Tensor] = [torch.zeros(0, 0)] * len(sets)
+    for prompts in dict.fromkeys(s.prompts for s in sets):
+        union = sorted({h for s in sets if s.prompts == prompts for h in s.heads})
+        vectors = function_vectors(model, data, union, batch_size, prompts)
+        for i, s in enumerate(sets):
+            if s.prompts == prompts and s.heads:
+                out[i] = vectors[[union.index(h) for h in s.heads]]
+    return out
+
+
 def head_sets(heads: Sequence[Head]) -> list[tuple[str, list[Head]]]:
-    """Each FI head alone ("L.H"), then all of them together ("all")."""
+    """Each head alone ("L0H2"), then all of them together ("all")."""
     heads = [tuple(map(int, h)) for h in heads]
     return [(head_label(h), [h]) for h in heads] + [(ALL, heads)]
 
@@ -221,10 +281,10 @@ def plus_j_effect(shift: torch.Tensor, j: int) -> tuple[float, int]:
 
 
 def effects(shifts: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, offset, heads, scale) and measured offset j: the +j effect, with each head's share
-    of the all-heads effect at j = k (`share`, NaN elsewhere and for "all") and, on the "all" rows at
-    j = k, `share_sum` (the single heads' shares added)."""
-    keys = [c for c in ("model", "offset", "heads", "layer", "head", "scale") if c in shifts.columns]
+    """Per (model, vector set, offset, heads, scale) and measured offset j: the +j effect, with each
+    head's share of its set's all-heads effect at j = k (`share`, NaN elsewhere and for "all") and, on
+    the "all" rows at j = k, `share_sum` (the single heads' shares added)."""
+    keys = [c for c in ("model", *SET_KEYS, "offset", "heads", "layer", "head", "scale") if c in shifts.columns]
     span = int(shifts["offset"].abs().max()) + 1
     rows = []
     for key, g in shifts.groupby(keys, sort=False):
@@ -233,7 +293,7 @@ def effects(shifts: pd.DataFrame) -> pd.DataFrame:
             e, n = plus_j_effect(m, j)
             rows.append({**dict(zip(keys, key)), "measured_offset": j, "effect": e, "n_inputs": n})
     out = pd.DataFrame(rows)
-    group = [c for c in ("model", "offset", "scale") if c in out.columns]
+    group = [c for c in ("model", *SET_KEYS, "offset", "scale") if c in out.columns]
     at_k = out["measured_offset"] == out["offset"]
     is_all = out["heads"] == ALL
     total = out[at_k & is_all][group + ["effect"]].rename(columns={"effect": "_total"})

@@ -50,6 +50,8 @@ PATHS = {
     "heads_plot": "results/plots/heads_{model}.{ext}",
     "ablation_plot": "results/plots/task_generalization.{ext}",
     "function_vectors_plot": "results/plots/function_vectors_{model}.{ext}",
+    "summary": "results/summary.md",
+    "provenance": "results/provenance.json",
 }
 
 # A model name is a HF / TransformerLens name ("org/model") or a plain label: letters, digits, '.',

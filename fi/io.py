@@ -85,9 +85,21 @@ def write_json(obj, path: str | os.PathLike) -> None:
         Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def write_parquet(df, path: str | os.PathLike) -> None:
+def write_parquet(df, path: str | os.PathLike, sources: list[str] | None = None) -> None:
+    """`df` as parquet, with this process's provenance (fi.provenance) in the file's metadata and,
+    for a table made from other parquet files (`sources`), the distinct provenance of those."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fi import provenance
+
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[provenance.KEY] = json.dumps(provenance.record(), sort_keys=True).encode()
+    if sources:
+        meta[provenance.SOURCES_KEY] = json.dumps(provenance.sources_of(sources), sort_keys=True).encode()
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False)
+        pq.write_table(table.replace_schema_metadata(meta), tmp)
 
 
 def write_csv(df, path: str | os.PathLike) -> None:

@@ -21,7 +21,9 @@ def _panel_label(df: pd.DataFrame) -> pd.Series:
     cols = [c for c in PANEL_COLUMNS if c in df.columns and df[c].nunique(dropna=True) > 0]
     if not cols:
         return pd.Series("all", index=df.index)
-    return df[cols].astype(str).apply(lambda r: ", ".join(f"{c}={v}" for c, v in zip(cols, r)), axis=1)
+    def value(v) -> str:  # a table of several tasks holds its int columns as floats (NaN elsewhere)
+        return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    return df[cols].apply(lambda r: ", ".join(f"{c}={value(v)}" for c, v in zip(cols, r) if pd.notna(v)), axis=1)
 
 
 def _long(df: pd.DataFrame) -> pd.DataFrame:
@@ -61,6 +63,8 @@ def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: in
     span = max((abs(o) for o in hue_order or []), default=1) or 1
     cmap = sns.color_palette("coolwarm", as_cmap=True)
     palette = {o: cmap(0.5 + 0.5 * o / span) for o in (hue_order or [])}
+    if 0 in palette:  # the map's centre is near-white: k = 0 (plain copying) in black instead
+        palette[0] = (0.1, 0.1, 0.1, 1.0)
     for r, model in enumerate(models):
         for c, panel in enumerate(panels):
             ax = axes[r][c]
@@ -129,7 +133,11 @@ def plot_head_heatmaps(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
         if "fi_head" in g.columns:
             for r in g[g["fi_head"]].itertuples():
                 ax.add_patch(plt.Rectangle((r.head, r.layer), 1, 1, fill=False, edgecolor="black", lw=2))
-        ax.set_title(f"{method} -> {receiver} ({positions})\n{task} {variant}, {shots} shots", fontsize=8)
+        gap = ""
+        if "low_ld_gap" in g.columns and bool(g["low_ld_gap"].iloc[0]):  # the denominator guard
+            gap = f"\nLOW LD GAP {float(g['ld_gap'].iloc[0]):.3f}: scores unreliable"
+        ax.set_title(f"{method} -> {receiver} ({positions})\n{task} {variant}, {shots} shots{gap}", fontsize=8,
+                     color="firebrick" if gap else "black")
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{df['model'].iloc[0]}: head attribution (boxed: FI heads)", y=1.0)
@@ -233,7 +241,7 @@ def plot_circuit(circuit: dict, output: str, dpi: int = 120) -> None:
         x, y = xy(node)
         g = group_of.get(node, "other")
         ax.scatter([x], [y], s=260, color=GROUP_COLOURS[g], zorder=3, edgecolor="black")
-        ax.text(x, y, f"{node[0]}.{node[1]}", ha="center", va="center", fontsize=6, color="white", zorder=4)
+        ax.text(x, y, f"L{node[0]}H{node[1]}", ha="center", va="center", fontsize=5, color="white", zorder=4)
     ox, oy = xy("output")
     ax.scatter([ox], [oy], s=400, marker="s", color="black", zorder=3)
     ax.text(ox, oy, "out", ha="center", va="center", fontsize=7, color="white", zorder=4)
@@ -280,27 +288,38 @@ def plot_attention_by_group(tokens: list[str], patterns: dict, output: str, dpi:
 
 @one_figure_at_a_time()
 def plot_circuit_evaluation(table: pd.DataFrame, output: str, dpi: int = 120) -> None:
-    """Faithfulness of each model's circuit against the full model, the completeness search's
-    F(M \\ K) against F(C \\ K) per rollout (the diagonal is complete), and each head's minimality."""
+    """Per model: faithfulness of the circuit, each group, the full and the empty model, in-sample
+    and held out; the paper's completeness figure (F(C \\ K) against F(M \\ K) for K empty, each
+    group, random sets and the greedy rollouts' K; a complete circuit keeps every point on the
+    diagonal); each head's minimality. A cell whose LD gap is below min_ld_gap is marked."""
     models = list(dict.fromkeys(table["model"]))
-    fig, axes = plt.subplots(len(models), 3, figsize=(13, 3.6 * len(models)), squeeze=False)
+    fig, axes = plt.subplots(len(models), 3, figsize=(15, 4.2 * len(models)), squeeze=False)
     for row, model in zip(axes, models):
         t = table[table["model"] == model]
         f = t[t["kind"] == "faithfulness"]
-        sns.barplot(f, x="subject", y="value", ax=row[0], color="tab:blue")
-        row[0].set(title=f"{model}: faithfulness", ylabel="F", xlabel="", ylim=(min(0, f["value"].min()) - 0.05, 1.1))
+        low = sorted(set(f.loc[f["low_ld_gap"].astype(bool), "sample"]))
+        warn = f"\nLOW LD GAP ({', '.join(low)}): scores unreliable" if low else ""
+        sns.barplot(f, x="subject", y="value", hue="sample", ax=row[0],
+                    hue_order=[s for s in ("in_sample", "heldout") if s in set(f["sample"])])
+        row[0].tick_params(axis="x", labelrotation=30, labelsize=8)
+        row[0].set(title=f"{model}: faithfulness F{warn}", ylabel="F", xlabel="",
+                   ylim=(min(0, f["value"].min()) - 0.05, max(1.1, f["value"].max() + 0.05)))
         c = t[t["kind"] == "completeness"]
         if not c.empty:
-            wide = c.pivot_table(index="subject", columns="measure", values="value")
-            row[1].scatter(wide["f_model_minus_k"], wide["f_circuit_minus_k"], color="tab:red")
-        lo = min([0.0] + c["value"].tolist())
-        row[1].plot([lo, 1], [lo, 1], color="gray", lw=0.8, ls="--")
-        row[1].set(title="completeness (greedy K per rollout)", xlabel="F(M \\ K)", ylabel="F(C \\ K)")
+            wide = c.pivot_table(index=["subject", "group"], columns="measure", values="value").reset_index()
+            sns.scatterplot(wide, x="f_circuit_minus_k", y="f_model_minus_k", hue="group", style="group",
+                            ax=row[1], s=45)
+            vals = wide[["f_circuit_minus_k", "f_model_minus_k"]].to_numpy()
+            lo, hi = min(0.0, float(vals.min())) - 0.05, max(1.0, float(vals.max())) + 0.05
+            row[1].plot([lo, hi], [lo, hi], color="gray", lw=0.8, ls="--")
+            row[1].set(xlim=(lo, hi), ylim=(lo, hi))
+            row[1].legend(fontsize=7, title="K")
+        row[1].set(title="completeness (held out)", xlabel="F(C \\ K)", ylabel="F(M \\ K)")
         m = t[t["kind"] == "minimality"]
         if not m.empty:
             sns.barplot(m, x="subject", y="value", hue="group", ax=row[2], dodge=False)
-            row[2].tick_params(axis="x", labelrotation=90, labelsize=6)
-        row[2].set(title="minimality: |F(C \\ (K+v)) - F(C \\ K)|", xlabel="head v", ylabel="change")
+            row[2].tick_params(axis="x", labelrotation=90, labelsize=7)
+        row[2].set(title="minimality: max_K |F(C \\ (K+v)) - F(C \\ K)|", xlabel="head v", ylabel="change")
     fig.tight_layout()
     with atomic_path(output) as tmp:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
@@ -334,17 +353,30 @@ def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> No
 def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: str, dpi: int = 120) -> None:
     """One model's function vectors (fi.function_vectors): per offset k (rows), 10 x 10 input x output
     heatmaps of the digit-logit shift for each FI head and all FI heads together at scale 1 (or the
-    scale nearest 1), then the scale sweep of the +k effect; a last row with each head's share of the
-    all-heads +k effect and the all-heads effect against the measured offset j (does +k move by k)."""
+    scale nearest 1), then the scale sweep of the +k effect (FI heads, contrast prompts only); a last
+    row with each FI head's share of the all-heads +k effect, the all-heads effect against the measured
+    offset j (does +k move by k), and the +k effect of every vector set's heads together (the FI
+    heads on contrast and on normal prompts, the circuit's other groups)."""
     import numpy as np
 
     if shifts.empty:
         raise ValueError("no function-vector rows to plot")
+
+    def set_label(df: pd.DataFrame) -> pd.Series:
+        return df["group"].str.replace("_", " ") + " (" + df["prompts"] + ")"
+
+    def fi_only(df: pd.DataFrame) -> pd.DataFrame:  # a table without the set columns is all FI
+        if "group" not in df.columns:
+            return df
+        return df[(df["group"] == "function_induction") & (df["prompts"] == "contrast")]
+
+    every = effects
+    shifts, effects = fi_only(shifts), fi_only(effects)
     scales = sorted(shifts["scale"].unique())
     at = min(scales, key=lambda s: (abs(s - 1.0), -s))
     offsets = sorted(shifts["offset"].unique())
     sets = list(dict.fromkeys(shifts["heads"]))  # single heads first, then "all"
-    ncols = len(sets) + 1
+    ncols = max(3, len(sets) + 1)
     sns.set_theme(style="white", context="paper")
     fig, axes = plt.subplots(len(offsets) + 1, ncols, figsize=(3.0 * ncols, 2.7 * (len(offsets) + 1)), squeeze=False)
     sub = shifts[shifts["scale"] == at]
@@ -364,11 +396,13 @@ def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: s
             ax.set_title(f"k={k:+d} vector of {name}, x{at:g}", fontsize=8)
             ax.set_xlabel("output digit", fontsize=7)
             ax.set_ylabel("input i", fontsize=7)
-        ax = axes[r][-1]
+        ax = axes[r][len(sets)]
         e = effects[(effects["offset"] == k) & (effects["measured_offset"] == k)]
         sns.lineplot(data=e, x="scale", y="effect", hue="heads", hue_order=sets, marker="o", ax=ax, legend=r == 0)
         ax.axhline(0, color="grey", lw=0.6)
         ax.set_title(f"+k effect (k={k:+d}) against scale", fontsize=8)
+        for ax in axes[r][len(sets) + 1:]:
+            ax.axis("off")
     ax = axes[-1][0]
     shares = effects[effects["share"].notna() & (effects["scale"] == at)]
     if not shares.empty:
@@ -380,9 +414,19 @@ def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: s
     sns.lineplot(data=e, x="measured_offset", y="effect", hue="offset", marker="o", palette="coolwarm", ax=ax)
     ax.axhline(0, color="grey", lw=0.6)
     ax.set_title(f"all FI heads (x{at:g}): +j effect of each k vector", fontsize=8)
-    for ax in axes[-1][2:]:
+    ax = axes[-1][2]
+    source = ""
+    if "group" in every.columns:
+        at_k = (every["heads"] == "all") & (every["scale"] == at) & (every["measured_offset"] == every["offset"])
+        compared = every[at_k].assign(set=set_label)
+        sns.barplot(data=compared, x="offset", y="effect", hue="set", ax=ax)
+        ax.legend(fontsize=6, title=None)
+        ax.axhline(0, color="grey", lw=0.6)
+        source = f", heads from the {shifts['head_source'].iloc[0]}" if not shifts.empty else ""
+    ax.set_title(f"+k effect of each vector set's heads together (x{at:g})", fontsize=8)
+    for ax in axes[-1][3:]:
         ax.axis("off")
-    fig.suptitle(f"{shifts['model'].iloc[0]}: function vectors of the FI heads "
+    fig.suptitle(f"{shifts['model'].iloc[0]}: function vectors of the FI heads{source} "
                  f"(digit-logit shift, patched - clean; boxed: input + k)", y=1.0)
     fig.tight_layout()
     with atomic_path(output) as tmp:

@@ -11,8 +11,8 @@ MODEL_RESOURCE_DEFAULTS = {"gpus": 0, "mem_mb": 4000, "runtime": 30}
 # (memory, runtime): attribution keeps two runs' activations and does L x H patched passes; ablation
 # evaluates the cell once per head set.
 RULE_RESOURCE_SCALE = {"evaluate": (1, 1), "head_types": (1, 1), "discover_heads": (1, 1), "ablate": (1, 2),
-                       "attribute": (2, 4), "parity": (1, 1), "find_circuit": (2, 4), "evaluate_circuit": (2, 4),
-                       "circuit_overlap": (1, 2), "function_vectors": (1, 1)}
+                       "attribute": (2, 4), "parity": (1, 1), "find_circuit": (2, 4), "draw_circuit": (1, 1),
+                       "evaluate_circuit": (2, 4), "circuit_overlap": (1, 2), "function_vectors": (1, 1)}
 
 
 def job_resources(entry: ModelEntry, rule: str, attempt: int = 1) -> dict:

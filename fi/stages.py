@@ -3,6 +3,7 @@ and is tested without Snakemake; `from_snakemake` adapts a rule's `snakemake` ob
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
@@ -69,9 +70,9 @@ def aggregate(cells: list[str], table: str, paper: str, predictions: str) -> pd.
     summary = pd.DataFrame(rows)
     summary.insert(0, "model_name", summary["model"])
     summary = summary.sort_values(key_cols, kind="stable").reset_index(drop=True)
-    write_parquet(summary, table)
+    write_parquet(summary, table, sources=cells)
     write_csv(to_paper_format(summary), paper)
-    write_parquet(per_example, predictions)
+    write_parquet(per_example, predictions, sources=cells)
     log.info("aggregated %d cells (%d examples)", len(summary), len(per_example))
     return summary
 
@@ -230,8 +231,8 @@ def head_types(model: dict, output: str, params: dict, device: str = "auto", thr
 
 
 def discover_heads(model: dict, output: str, discovery: dict, explicit: list | None = None,
-                   attribution: str | None = None, dataset: str | None = None, device: str = "auto",
-                   threads: int | None = None) -> dict:
+                   attribution: str | None = None, dataset: str | None = None, min_ld_gap: float = 0.5,
+                   device: str = "auto", threads: int | None = None) -> dict:
     """The model's FI heads: explicit from config, or chosen from the discovery cell's scores; in both
     cases checked by patching them together from the normal prompt on the discovery cell and
     counting how often the model then gives the plain answer."""
@@ -246,6 +247,8 @@ def discover_heads(model: dict, output: str, discovery: dict, explicit: list | N
         result.update(source="config", heads=[list(h) for h in heads])
     else:
         scores = pd.read_parquet(attribution)
+        check_ld_gap(f"{model['name']}: FI-head discovery", cell, float(scores["ld_normal"].iloc[0]),
+                     float(scores["ld_contrast"].iloc[0]), min_ld_gap)
         sel = scores[(scores["method"] == discovery["method"]) & (scores["receiver"] == "output")
                      & (scores["positions"] == "all")]
         chosen = select_heads(sel[["layer", "head", "score"]], discovery["criterion"], discovery["top_k"],
@@ -307,22 +310,25 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
     return out
 
 
-def aggregate_attribution(cells: list[str], head_types_files: list[str], heads_files: list[str], output: str) -> pd.DataFrame:
-    import json
-
+def aggregate_attribution(cells: list[str], head_types_files: list[str], heads_files: list[str], output: str,
+                          min_ld_gap: float = 0.5) -> pd.DataFrame:
+    """Every attribution cell's scores with the head types, the FI-head flag and the denominator
+    guard: `ld_gap` (|LD_contrast - LD_normal|) and `low_ld_gap` (below min_ld_gap: scores are noise)."""
     table = pd.concat([pd.read_parquet(p) for p in cells], ignore_index=True)
+    table["ld_gap"] = (table["ld_contrast"] - table["ld_normal"]).abs()
+    table["low_ld_gap"] = table["ld_gap"] < min_ld_gap
     types = pd.concat([pd.read_parquet(p) for p in head_types_files], ignore_index=True)
     table = table.merge(types, on=["model", "layer", "head"], how="left")
     fi_heads = {(h["model"], a, b) for h in (json.loads(Path(p).read_text()) for p in heads_files)
                 for a, b in h["heads"]}
     table["fi_head"] = [(m, a, b) in fi_heads for m, a, b in zip(table["model"], table["layer"], table["head"])]
-    write_parquet(table, output)
+    write_parquet(table, output, sources=cells + head_types_files)
     return table
 
 
 def aggregate_ablation(cells: list[str], output: str) -> pd.DataFrame:
     table = pd.concat([pd.read_parquet(p) for p in cells], ignore_index=True)
-    write_parquet(table, output)
+    write_parquet(table, output, sources=cells)
     return table
 
 
@@ -341,49 +347,92 @@ def plot_ablation(table: str, output: str, plots: dict) -> None:
 
 # ---- the circuit (issue: three head groups, circuit evaluation, cross-task overlap) ---------------
 
-def _circuit_cache(loaded, task: str, variant: str, shots: int, dataset: str, params: dict):
+def _circuit_cache(loaded, task: str, variant: str, shots: int, records: list[dict], max_examples: int,
+                   batch_size: int):
     from fi.patching import build_cache, build_patching_data
 
     family = get_family(task)
     v = family.parse_variant(variant)
-    data = build_patching_data(loaded, family, v, read_jsonl(dataset), int(shots), params["max_examples"])
-    return build_cache(loaded, data, batch_size=params["batch_size"]), v
+    data = build_patching_data(loaded, family, v, records, int(shots), max_examples)
+    return build_cache(loaded, data, batch_size=batch_size), v
 
 
-def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, diagram: str,
-                 attention_plot: str, attention_html: str, circuit: dict, explicit: dict | None = None,
-                 device: str = "auto", threads: int | None = None) -> dict:
+def ld_gap(ld_normal: float, ld_contrast: float) -> float:
+    """|LD_contrast - LD_normal|, the denominator of every normalised score of a cell."""
+    return abs(ld_contrast - ld_normal)
+
+
+class LowGapError(ValueError):
+    """A cell's normalised scores rest on too small a denominator to select heads by."""
+
+
+def check_ld_gap(what: str, cell: dict, ld_normal: float, ld_contrast: float, min_ld_gap: float) -> None:
+    """Refuse head selection on a cell whose LD gap is below the floor, naming cell and gap: a score
+    threshold of 0.05 on a 0.1-logit gap is a 0.005-logit effect, and scores reach several units."""
+    gap = ld_gap(ld_normal, ld_contrast)
+    if gap < min_ld_gap:
+        raise LowGapError(f"{what}: cell {cell['task']} {cell['variant']} shots={cell['shots']} has "
+                          f"|LD_contrast - LD_normal| = {gap:.4f} logits (LD normal {ld_normal:.4f}, contrast "
+                          f"{ld_contrast:.4f}), below min_ld_gap = {min_ld_gap}: its normalised scores are "
+                          "noise. Choose a cell the model does (discovery.cell / attribution.cells, more shots "
+                          "or prompts), give the heads in config, or lower min_ld_gap knowingly.")
+
+
+def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, circuit: dict,
+                 explicit: dict | None = None, min_ld_gap: float = 0.5, device: str = "auto",
+                 threads: int | None = None) -> dict:
     """The circuit of one cell: iterated path patching from the output down, the three head groups
-    (or the groups given in config), every circuit head's numbers, a diagram and attention views."""
+    (or the groups given in config) and every circuit head's numbers (drawn by `draw_circuit`)."""
     from fi import circuit as fc
     from fi.io import write_json
-    from fi.plots import plot_circuit
 
     t0 = time.perf_counter()
     loaded = _load(model, device, threads)
-    cache, v = _circuit_cache(loaded, task, variant, shots, dataset, circuit)
+    cell = {"task": task, "variant": variant, "shots": int(shots)}
+    cache, v = _circuit_cache(loaded, task, variant, shots, read_jsonl(dataset), circuit["max_examples"],
+                              circuit["batch_size"])
+    if not explicit:
+        check_ld_gap(f"{model['name']}: circuit selection", cell, cache.mean_ld_normal, cache.mean_ld_contrast,
+                     min_ld_gap)
+    selection = fc.Selection.from_config(circuit["selection"])
     stats = fc.attention_statistics(loaded, cache)
-    edges, direct = fc.iterated_path_patching(loaded, cache, circuit["threshold"], circuit["depth"],
-                                              circuit["inputs"], circuit["max_receivers"])
+    edges, direct = fc.iterated_path_patching(loaded, cache, selection, circuit["depth"], circuit["inputs"])
     found = fc.classify(edges, stats, circuit["attention_threshold"])
-    result = {"model": model["name"], "cell": {"task": task, "variant": variant, "shots": int(shots)},
+    gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
+    result = {"model": model["name"], "cell": cell,
               "n_layers": loaded.n_layers, "n_heads": loaded.n_heads, "n_examples": cache.data.size,
               "n_dropped": cache.data.n_dropped, "ld_normal": cache.mean_ld_normal,
-              "ld_contrast": cache.mean_ld_contrast, "route": vars(cache.route),
-              "params": {k: circuit[k] for k in ("threshold", "depth", "inputs", "max_receivers",
-                                                 "attention_threshold")},
+              "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap, "low_ld_gap": gap < min_ld_gap,
+              "route": vars(cache.route),
+              "params": {"selection": vars(selection), "depth": circuit["depth"], "inputs": circuit["inputs"],
+                         "attention_threshold": circuit["attention_threshold"]},
               "source": "config" if explicit else "discovery",
               "groups": explicit or found["groups"], "discovered_groups": found["groups"], "other": found["other"],
               "positions": dict(fc.GROUP_POSITIONS),
-              "edges": [e.as_dict() for e in edges],
+              "edges": [{**e.as_dict(), "tier": selection.tier(e.score)} for e in edges],
               "heads": [{"layer": layer, "head": head, "direct_effect": float(direct[layer, head]),
                          **stats[(layer, head)]} for layer in range(loaded.n_layers) for head in range(loaded.n_heads)]}
     write_json(result, output)
-    plot_circuit(result, diagram)
-    _attention_views(loaded, cache, result["groups"], attention_plot, attention_html)
     log.info("%s %s %s shots=%s: circuit %s (%.1fs)", model["name"], task, variant, shots, result["groups"],
              time.perf_counter() - t0)
     return result
+
+
+def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, attention_plot: str,
+                 attention_html: str, circuit: dict, device: str = "auto", threads: int | None = None) -> None:
+    """A found circuit's diagram and its heads' attention views (apart from `find_circuit`, so that a
+    plot edit reruns no path patching)."""
+    import json
+
+    from fi.plots import plot_circuit
+
+    found = json.loads(Path(circuit_file).read_text())
+    plot_circuit(found, diagram)
+    loaded = _load(model, device, threads)
+    cell = found["cell"]
+    cache, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], read_jsonl(dataset),
+                              circuit["max_examples"], circuit["batch_size"])
+    _attention_views(loaded, cache, found["groups"], attention_plot, attention_html)
 
 
 def _attention_views(loaded, cache, groups: dict, static: str, html: str, n_prompts: int = 3) -> None:
@@ -412,19 +461,34 @@ def _attention_views(loaded, cache, groups: dict, static: str, html: str, n_prom
         toks = [loaded.tokenizer.decode([t]) for t in chunk.contrast[p, :m].tolist()]
         if heads:
             pats = torch.stack([store[a][p, b, :m, :m] for _, a, b in heads])
-            names = [f"{g} {a}.{b}" for g, a, b in heads]
+            names = [f"{g} L{a}H{b}" for g, a, b in heads]
             parts.append(f"<h2>prompt {p}</h2>" + str(cv.attention.attention_heads(attention=pats, tokens=toks,
                                                                                       attention_head_names=names)))
     with atomic_path(html) as tmp:
         Path(tmp).write_text("<html><body>" + "\n".join(parts) + "</body></html>")
 
 
-def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, paper_json: str, circuit: dict,
-                     device: str = "auto", threads: int | None = None) -> dict:
-    """Faithfulness F(C) against F(M), the paper's greedy completeness search and IOI's minimality
-    for the circuit of `circuit_file` on its cell."""
-    import json
+def heldout_records(task: str, variant: str, generation: dict, heldout: dict, used: list[dict]) -> list[dict]:
+    """Prompts for the held-out evaluation: the cell's own recipe drawn with another seed
+    (heldout.seed, or the dataset's seed + 1), `heldout.max_examples` of them, none equal to a record
+    of the discovery dataset `used`."""
+    family = get_family(task)
+    seed = heldout["seed"] if heldout["seed"] is not None else generation["seed"] + 1
+    if seed == generation["seed"]:
+        raise ValueError(f"circuit.heldout.seed {seed} is the dataset's own seed: the held-out prompts would be "
+                         "the discovery prompts")
+    records = family.generate(family.parse_variant(variant),
+                              {**generation, "seed": seed, "n_examples": heldout["max_examples"]})
+    seen = {json.dumps(r, sort_keys=True) for r in used}
+    return [r for r in records if json.dumps(r, sort_keys=True) not in seen]
 
+
+def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, paper_json: str, circuit: dict,
+                     generation: dict, min_ld_gap: float = 0.5, device: str = "auto",
+                     threads: int | None = None) -> dict:
+    """The circuit of `circuit_file` evaluated as the paper does: faithfulness F(C) in-sample (the
+    discovery prompts) and held out (circuit.heldout: by default 16 shots on 100 fresh prompts, the
+    paper's setting), and the completeness search and minimality on the held-out prompts."""
     from fi import circuit as fc
     from fi.io import write_json
 
@@ -432,24 +496,43 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
     found = json.loads(Path(circuit_file).read_text())
     cell = found["cell"]
     loaded = _load(model, device, threads)
-    cache, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], dataset, circuit)
+    records = read_jsonl(dataset)
+    heldout = circuit["heldout"]
+    in_sample, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], records,
+                                  circuit["max_examples"], circuit["batch_size"])
+    held, _ = _circuit_cache(loaded, cell["task"], cell["variant"], heldout["shots"],
+                             heldout_records(cell["task"], cell["variant"], generation, heldout, records),
+                             heldout["max_examples"], circuit["batch_size"])
     groups = found["groups"]
     everything = {"everywhere": [[a, b] for a in range(loaded.n_layers) for b in range(loaded.n_heads)]}
-    f_circuit, f_model, f_empty = fc.faithfulness_many(
-        loaded, cache, [(fc.circuit_heads(groups), ()), (fc.circuit_heads(everything), ()), ([], ())])
-    per_group = {g: fc.faithfulness(loaded, cache, {g: hs}) for g, hs in groups.items() if hs}
+
+    def faithfulness(cache) -> dict:
+        f_circuit, f_model, f_empty = fc.faithfulness_many(
+            loaded, cache, [(fc.circuit_heads(groups), ()), (fc.circuit_heads(everything), ()), ([], ())])
+        gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
+        return {"circuit": f_circuit, "model": f_model, "empty": f_empty, "n_examples": cache.data.size,
+                "by_group": {g: fc.faithfulness(loaded, cache, {g: hs}) for g, hs in groups.items() if hs},
+                "ld_normal": cache.mean_ld_normal, "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap,
+                "low_ld_gap": gap < min_ld_gap}
     search = circuit["completeness"]
-    rollouts = fc.completeness_search(loaded, cache, groups, search["rollouts"], search["steps"],
-                                      search["candidates"], search["seed"])
-    minimal = fc.minimality(loaded, cache, groups, fc.knocked_sets(rollouts))
-    result = {"model": model["name"], "cell": cell, "n_examples": cache.data.size, "groups": groups,
-              "faithfulness": {"circuit": f_circuit, "model": f_model, "empty": f_empty, "by_group": per_group},
-              "completeness": rollouts, "minimality": minimal, "search": search,
+    completeness = fc.completeness_search(loaded, held, groups, search["rollouts"], search["steps"],
+                                          search["candidates"], search["seed"], search["n_random"],
+                                          search["random_size"])
+    minimal = fc.minimality(loaded, held, groups, [r["k"] for r in completeness["rollouts"]])
+    result = {"model": model["name"], "cell": cell,
+              "heldout_cell": {"task": cell["task"], "variant": cell["variant"], "shots": int(heldout["shots"])},
+              "groups": groups,
+              "faithfulness": {"in_sample": faithfulness(in_sample), "heldout": faithfulness(held)},
+              "completeness": completeness, "minimality": minimal, "search": search,
               "seconds": time.perf_counter() - t0}
     write_json(result, output)
-    write_json(fc.paper_completeness_json(rollouts), paper_json)
-    log.info("%s: F(C) %.3f, F(M) %.3f, completeness max gap %.3f (%.1fs)", model["name"], f_circuit, f_model,
-             max([abs(r["difference"]) for r in rollouts] or [0.0]), result["seconds"])
+    write_json(fc.paper_completeness_json(completeness["rollouts"]), paper_json)
+    f = result["faithfulness"]
+    log.info("%s: F(C) %.3f in-sample (%d prompts, %d shots), %.3f held out (%d prompts, %d shots); completeness: "
+             "%d distinct K, max |LD(C\\K) - LD(M\\K)| %.3f (%.1fs)", model["name"], f["in_sample"]["circuit"],
+             f["in_sample"]["n_examples"], cell["shots"], f["heldout"]["circuit"], f["heldout"]["n_examples"],
+             heldout["shots"], completeness["n_distinct_k"],
+             max([r["difference"] for r in completeness["rollouts"]] or [0.0]), result["seconds"])
     return result
 
 
@@ -515,21 +598,31 @@ def aggregate_circuits(circuits: list[str], evaluations: list[str], overlaps: li
                           "group": group_of.get((h["layer"], h["head"]), ""), "source": c["source"]})
     for p in evaluations:
         e = json.loads(Path(p).read_text())
-        f = e["faithfulness"]
-        key = {"model": e["model"], "task": e["cell"]["task"], "variant": e["cell"]["variant"], "shots": e["cell"]["shots"]}
-        evals += [{**key, "kind": "faithfulness", "subject": s, "measure": "F", "group": "", "value": f[s]}
-                  for s in ("model", "circuit", "empty")]
-        evals += [{**key, "kind": "faithfulness", "subject": g, "measure": "F", "group": g, "value": v}
-                  for g, v in f["by_group"].items()]
-        for r in e["completeness"]:
-            evals += [{**key, "kind": "completeness", "subject": str(r["rollout"]), "measure": m, "group": "",
-                       "value": r[m]} for m in ("f_model_minus_k", "f_circuit_minus_k", "difference")]
-        evals += [{**key, "kind": "minimality", "subject": f"{m['layer']}.{m['head']}", "measure": "change",
+        key = {"model": e["model"], "task": e["cell"]["task"], "variant": e["cell"]["variant"]}
+        for sample, f in e["faithfulness"].items():
+            shots = e["cell"]["shots"] if sample == "in_sample" else e["heldout_cell"]["shots"]
+            meta = {**key, "shots": shots, "sample": sample, "n_examples": f["n_examples"], "ld_gap": f["ld_gap"],
+                    "low_ld_gap": f["low_ld_gap"]}
+            evals += [{**meta, "kind": "faithfulness", "subject": s, "measure": "F", "group": "", "value": f[s]}
+                      for s in ("model", "circuit", "empty")]
+            evals += [{**meta, "kind": "faithfulness", "subject": g, "measure": "F", "group": g, "value": v}
+                      for g, v in f["by_group"].items()]
+        held = e["faithfulness"]["heldout"]
+        meta = {**key, "shots": e["heldout_cell"]["shots"], "sample": "heldout", "n_examples": held["n_examples"],
+                "ld_gap": held["ld_gap"], "low_ld_gap": held["low_ld_gap"]}
+        counts: dict[str, int] = {}
+        for point in e["completeness"]["points"]:
+            i = counts[point["kind"]] = counts.get(point["kind"], -1) + 1
+            evals += [{**meta, "kind": "completeness", "subject": f"{point['kind']} {i}", "measure": m,
+                       "group": point["kind"], "value": point[m]}
+                      for m in ("f_circuit_minus_k", "f_model_minus_k", "ld_circuit_minus_k", "ld_model_minus_k",
+                                "difference")]
+        evals += [{**meta, "kind": "minimality", "subject": f"L{m['layer']}H{m['head']}", "measure": "change",
                    "group": m["group"], "value": m["change"]} for m in e["minimality"]]
-    write_parquet(pd.DataFrame(heads), heads_table)
-    write_parquet(pd.DataFrame(evals), evaluation_table)
+    write_parquet(pd.DataFrame(heads), heads_table, sources=overlaps)
+    write_parquet(pd.DataFrame(evals), evaluation_table, sources=overlaps)
     table = pd.concat([pd.read_parquet(p) for p in overlaps], ignore_index=True) if overlaps else pd.DataFrame()
-    write_parquet(table, overlap_table)
+    write_parquet(table, overlap_table, sources=overlaps)
 
 
 def plot_circuits(evaluation_table: str, overlap_table: str, evaluation_plot: str, overlap_plot: str,
@@ -543,38 +636,50 @@ def plot_circuits(evaluation_table: str, overlap_table: str, evaluation_plot: st
 # ---- function vectors (the paper's section 3) -------------------------------------------------------
 
 def function_vectors(model: dict, heads_file: str, datasets: list[str], output: str, params: dict,
-                     device: str = "auto", threads: int | None = None) -> pd.DataFrame:
-    """The FI heads' function vectors (fi.function_vectors): per offset k in params["offsets"] (its
-    contrast prompts in datasets[i], in the same order), each head's mean output at the query, added
-    at scale params["scales"] to the naive prompts; one row per (offset, head set, scale, input digit,
-    output digit) with the digit logit's shift (fi.function_vectors.SHIFT_COLUMNS)."""
+                     circuit_file: str | None = None, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+    """Function vectors (fi.function_vectors): per offset k in params["offsets"] (its contrast prompts
+    in datasets[i], in the same order), each head's mean output at the query, added at scale
+    params["scales"] to the naive prompts; for every vector set (fi.function_vectors.vector_sets: the
+    FI group of `circuit_file`'s circuit, or of `heads_file` where the circuit is off or its FI group
+    empty, on the contrast and the normal prompts; the circuit's other groups), one row per (offset,
+    head set, scale, input digit, output digit) with the digit logit's shift
+    (fi.function_vectors.SHIFT_COLUMNS)."""
     import json
 
-    from fi.function_vectors import SHIFT_COLUMNS, function_vector_shifts
-    from fi.function_vectors import function_vectors as vectors_of
+    from fi.function_vectors import SHIFT_COLUMNS, function_vector_shifts, set_vectors, vector_sets
     from fi.patching import build_patching_data
 
     loaded = _load(model, device, threads)
-    heads = [tuple(h) for h in json.loads(Path(heads_file).read_text())["heads"]]
+    discovery = json.loads(Path(heads_file).read_text())["heads"]
+    groups = json.loads(Path(circuit_file).read_text())["groups"] if circuit_file else None
+    sets = vector_sets(discovery, groups)
     family = get_family("addition")
     offsets = [int(k) for k in params["offsets"]]
     if len(datasets) != len(offsets):
         raise ValueError(f"function_vectors: {len(datasets)} datasets for offsets {offsets}")
     t0 = time.perf_counter()
-    vectors, n_prompts = {}, {}
+    vectors: list[dict] = [{} for _ in sets]
+    n_prompts = {}
     for k, path in zip(offsets, datasets):
         v = family.parse_variant(f"{params['setting']}_nmax{params['nmax']}_offset{k}")
         data = build_patching_data(loaded, family, v, read_jsonl(path), int(params["shots"]), params["max_examples"])
-        vectors[k] = vectors_of(loaded, data, heads, params["batch_size"])
+        for i, vecs in enumerate(set_vectors(loaded, data, sets, params["batch_size"])):
+            vectors[i][k] = vecs
         n_prompts[k] = data.size
-    out = function_vector_shifts(loaded, vectors, heads, params["scales"])
+    parts = []
+    for s, vecs in zip(sets, vectors):
+        part = function_vector_shifts(loaded, vecs, s.heads, params["scales"])
+        part["group"], part["prompts"], part["head_source"] = s.group, s.prompts, s.head_source
+        parts.append(part)
+    out = pd.concat(parts, ignore_index=True)
     out.insert(0, "model", model["name"])
     out["n_prompts"] = out["offset"].map(n_prompts)
     out["setting"], out["nmax"], out["shots"] = params["setting"], int(params["nmax"]), int(params["shots"])
     out = out[SHIFT_COLUMNS]
     write_parquet(out, output)
-    log.info("%s: function vectors of heads %s at offsets %s, scales %s: %d rows, %.1fs", model["name"], heads,
-             offsets, list(params["scales"]), len(out), time.perf_counter() - t0)
+    log.info("%s: function vectors of %s at offsets %s, scales %s: %d rows, %.1fs", model["name"],
+             "; ".join(f"{s.group} ({s.prompts}, {s.head_source}) {list(s.heads)}" for s in sets), offsets,
+             list(params["scales"]), len(out), time.perf_counter() - t0)
     return out
 
 
@@ -584,8 +689,8 @@ def aggregate_function_vectors(tables: list[str], output: str, effects_output: s
     from fi.function_vectors import effects
 
     table = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
-    write_parquet(table, output)
-    write_parquet(effects(table), effects_output)
+    write_parquet(table, output, sources=tables)
+    write_parquet(effects(table), effects_output, sources=tables)
     return table
 
 

@@ -260,7 +260,8 @@ def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, prog
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg["seed"])
-    rng = random.Random(cfg["seed"])
+    # the data's own seed, when set, draws other batches for the same initialisation (a robustness check)
+    rng = random.Random(cfg["seed"] if cfg.get("data_seed") is None else cfg["data_seed"])
     tokenizer = build_tokenizer()
     model = build_model(cfg, len(tokenizer), tokenizer)
     model.train()

@@ -26,6 +26,7 @@ BASE_CONFIG = {
     # the job sets of test_incremental / test_slurm are of the grid without function vectors
     # (their offsets would add datasets); tests/test_function_vectors.py covers the stage
     "function_vectors": {"enabled": False}, "circuit": {"enabled": False},
+    "min_ld_gap": TINY_CONFIG["min_ld_gap"],
 }
 TABLES = ("accuracy", "predictions", "head_attribution", "ablation")
 

@@ -74,7 +74,7 @@ def append(path: Path, text: str):
 def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_copy):
     assert changed_by(append(package_copy / "evaluation.py", "\n# edited\n")) == MODEL_STAGES
     assert changed_by(append(package_copy / "plots.py", "\n# edited\n")) == {
-        "plot_accuracy", "plot_heads", "plot_ablation", "plot_circuits", "plot_function_vectors", "find_circuit"}
+        "plot_accuracy", "plot_heads", "plot_ablation", "plot_circuits", "plot_function_vectors", "draw_circuit"}
     assert changed_by(append(package_copy / "io.py", "\n# edited\n")) == set(RULE_SCRIPTS)  # every stage writes with it
 
     stages = package_copy / "stages.py"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fi.clamping import active_at_checkpoint, answer_pattern, answer_positions, clamped, previous_token_pattern
 from fi.dynamics import Clamp, ClampedForward, uniform_pattern
 from fi.interventions import pattern_hook, qkv_hook, z_hook
 from fi.training import build_model, build_tokenizer, char_ids, checkpoint_steps, make_batch, train_model
@@ -100,10 +101,14 @@ def test_zero_clamp_zeroes_the_head_and_stops_its_gradient(one_torch_thread):
     tokens, mask = make_batch(random.Random(0), cfg, tok, 4)
     seen = {}
     fwd = ClampedForward(model, tok)
+    with torch.no_grad():
+        fwd(tokens, [], [(z_hook(1), _spy(seen, "plain"))])
     logits = fwd(tokens, [Clamp(((1, 2),), "zero")], [(z_hook(1), _spy(seen, "z"))])
     z = seen["z"]
-    assert torch.equal(z[:, :, 2], torch.zeros_like(z[:, :, 2])) and z[:, :, [0, 1, 3]].abs().min() >= 0
-    assert z[:, :, [0, 1, 3]].abs().sum() > 0
+    assert torch.equal(z[:, :, 2], torch.zeros_like(z[:, :, 2]))
+    # the layer's other heads are untouched: their outputs are the unclamped run's, and not zero
+    assert torch.equal(z[:, :, [0, 1, 3]], seen["plain"][:, :, [0, 1, 3]])
+    assert seen["plain"][:, :, 2].abs().sum() > 0 and z[:, :, [0, 1, 3]].abs().sum() > 0
     torch.nn.functional.cross_entropy(logits[:, :-1][mask[:, 1:]], tokens[:, 1:][mask[:, 1:]]).backward()
     attn = model.model.layers[1].self_attn
     d = cfg["d_model"] // cfg["n_heads"]
@@ -151,7 +156,10 @@ def test_pattern_clamp_freezes_the_attention(one_torch_thread):
     torch.testing.assert_close(seen["z"][:, :, 1], torch.einsum("qk,bkd->bqd", uniform, v), atol=1e-5, rtol=1e-5)
 
 
-def test_reference_and_mean_clamps_run(tmp_path, one_torch_thread):
+def test_reference_and_mean_clamps_hold_their_defining_property(tmp_path, one_torch_thread):
+    """pattern_ref: the head's pattern is the reference model's on the batch; value_ref: its values
+    (hook_v) are the reference's; output_ref: its output is; mean: its output at each position is the
+    batch mean of what it would have been. Each also holds in every clamped training forward."""
     cfg = tiny_train_cfg(mix=MIX, steps=3, checkpoints=[0])
     train_model(cfg, tmp_path / "ref", progress=False)
     ref = str(tmp_path / "ref")
@@ -159,18 +167,49 @@ def test_reference_and_mean_clamps_run(tmp_path, one_torch_thread):
     tokens, _ = make_batch(random.Random(3), cfg, tok, 3)
     fwd = ClampedForward(model, tok)
     loaded = fwd.reference(ref)
+    names = {pattern_hook(1), z_hook(1), qkv_hook(1, "v")}
     with torch.no_grad():
-        _, cache = loaded.bridge.run_with_cache(tokens, names_filter=lambda h: h in {pattern_hook(1), z_hook(1)})
-    seen = {}
-    fwd(tokens, [Clamp(((1, 0),), "pattern_ref", reference=ref)], [(pattern_hook(1), _spy(seen, "p"))])
+        _, cache = loaded.bridge.run_with_cache(tokens, names_filter=lambda h: h in names)
+        seen = {}
+        fwd(tokens, [], [(z_hook(1), _spy(seen, "plain_z")), (qkv_hook(1, "v"), _spy(seen, "plain_v"))])
+        fwd(tokens, [Clamp(((1, 0),), "pattern_ref", reference=ref)], [(pattern_hook(1), _spy(seen, "p"))])
+        fwd(tokens, [Clamp(((1, 0),), "value_ref", reference=ref)], [(qkv_hook(1, "v"), _spy(seen, "v"))])
+        fwd(tokens, [Clamp(((1, 0),), "output_ref", reference=ref)], [(z_hook(1), _spy(seen, "z"))])
+        fwd(tokens, [Clamp(((1, 0), (1, 2)), "mean")], [(z_hook(1), _spy(seen, "zm"))])
     assert torch.equal(seen["p"][:, 0], cache[pattern_hook(1)][:, 0])
-    fwd(tokens, [Clamp(((1, 0),), "output_ref", reference=ref)], [(z_hook(1), _spy(seen, "z"))])
+    assert not torch.allclose(seen["p"][:, 1], cache[pattern_hook(1)][:, 1])  # other heads: the model's own
+    assert torch.equal(seen["v"][:, :, 0], cache[qkv_hook(1, "v")][:, :, 0])
+    assert torch.equal(seen["v"][:, :, 1], seen["plain_v"][:, :, 1])
+    assert not torch.allclose(seen["plain_v"][:, :, 0], cache[qkv_hook(1, "v")][:, :, 0])
     assert torch.equal(seen["z"][:, :, 0], cache[z_hook(1)][:, :, 0])
-    fwd(tokens, [Clamp(((1, 0), (1, 2)), "mean")], [(z_hook(1), _spy(seen, "zm"))])
-    zm = seen["zm"][:, :, [0, 2]]
-    assert torch.equal(zm, zm[:1].expand_as(zm))
-    for kind in ("value_ref", "pattern_ref", "mean", "pattern_uniform"):
-        train_model(cfg, tmp_path / kind, progress=False, clamps=[Clamp(((0, 0),), kind, 0, 2, reference=ref)])
+    mean = seen["plain_z"][:, :, [0, 2]].mean(0, keepdim=True)
+    torch.testing.assert_close(seen["zm"][:, :, [0, 2]], mean.expand(3, -1, -1, -1), atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(seen["plain_z"][0, :, 0], mean[0, :, 0])  # the rows did differ
+    assert torch.equal(seen["zm"][:, :, [1, 3]], seen["plain_z"][:, :, [1, 3]])
+
+    # in training: every forward of the covered steps (0, 1) holds the property, on its own batch
+    call = ClampedForward.__call__
+    for kind, hook in (("pattern_ref", pattern_hook(0)), ("value_ref", qkv_hook(0, "v")), ("mean", z_hook(0)),
+                       ("pattern_uniform", pattern_hook(0))):
+        checked = []
+
+        def spying(self, tokens, clamps, extra_hooks=(), name=hook, kind=kind, checked=checked):
+            def check(x, hook):
+                if kind in ("pattern_ref", "value_ref"):
+                    with torch.no_grad():
+                        _, c = self.reference(ref).bridge.run_with_cache(tokens, names_filter=lambda h: h == name)
+                    checked.append(torch.equal(x[:, 0] if kind == "pattern_ref" else x[:, :, 0],
+                                               c[name][:, 0] if kind == "pattern_ref" else c[name][:, :, 0]))
+                elif kind == "mean":
+                    checked.append(torch.equal(x[:, :, 0], x[:1, :, 0].expand_as(x[:, :, 0])))
+                else:
+                    checked.append(torch.equal(x[:, 0], uniform_pattern(x.shape[-1]).expand_as(x[:, 0])))
+                return x
+            return call(self, tokens, clamps, list(extra_hooks) + [(name, check)])
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(ClampedForward, "__call__", spying)
+            train_model(cfg, tmp_path / kind, progress=False, clamps=[Clamp(((0, 0),), kind, 0, 2, reference=ref)])
+        assert checked == [True, True], kind
 
 
 def test_clamp_config():
@@ -178,6 +217,209 @@ def test_clamp_config():
     assert c.covers(10) and c.covers(10**6) and not c.covers(9)
     with pytest.raises(ValueError, match="reference"):
         Clamp.from_config({"heads": [[0, 1]], "kind": "pattern_ref"})
+    with pytest.raises(ValueError, match="'pattern_induction'"):
+        Clamp(((0, 1),), "pattern_induction")
+    with pytest.raises(ValueError, match=r"\[5, 3\)"):
+        Clamp(((0, 1),), "zero", 5, 3)
+    with pytest.raises(ValueError, match=r"head \(0, -1\)"):
+        Clamp(((0, -1),), "zero")
+
+
+def test_bad_clamps_are_refused_when_the_dag_is_planned():
+    from fi import dynamics_runs
+    from fi.grid import ConfigError
+
+    def config(clamp):
+        return {"models": {"toy": {"builtin": True, "train": tiny_train_cfg(steps=10, checkpoint_every=5)}},
+                "dynamics": {"seeds": [], "runs": [{"name": "r", "clamps": [clamp]}]}}
+    assert len(dynamics_runs.runs(config({"heads": [[1, 3]], "kind": "pattern_answers"}))) == 2
+    with pytest.raises(ConfigError, match=r"dynamics.runs.r.clamps: head \[2, 0\] .*2 layers x 4 heads"):
+        dynamics_runs.runs(config({"heads": [[2, 0]], "kind": "zero"}))
+    with pytest.raises(ConfigError, match="'pattern_perfect'"):
+        dynamics_runs.runs(config({"heads": [[0, 0]], "kind": "pattern_perfect"}))
+    with pytest.raises(ConfigError, match=r"steps \[50, 10\]"):
+        dynamics_runs.runs(config({"heads": [[0, 0]], "steps": [50, 10]}))
+
+
+def test_clamps_active_at_a_checkpoint():
+    """Checkpoint s holds the weights the training forward of step s runs with: the clamps covering
+    step s; the final checkpoint (no step of its own) takes the last step's."""
+    whole, early, late, to_end = (Clamp(((0, 0),), "zero"), Clamp(((0, 1),), "zero", 0, 4),
+                                  Clamp(((0, 2),), "zero", 2, None), Clamp(((0, 3),), "zero", 0, 8))
+    clamps = [whole, early, late, to_end]
+    assert active_at_checkpoint(clamps, 0, 8) == [whole, early, to_end]
+    assert active_at_checkpoint(clamps, 2, 8) == [whole, early, late, to_end]
+    assert active_at_checkpoint(clamps, 4, 8) == [whole, late, to_end]  # released at its stop
+    assert active_at_checkpoint(clamps, 8, 8) == [whole, late, to_end]  # the final: step 7's
+    assert active_at_checkpoint([Clamp((), "zero")], 0, 8) == []
+
+
+def test_answer_positions_are_the_training_targets():
+    """The separators and answers read from the tokens are, in training batches, the token before
+    each target segment and the target tokens but the newline: the per-sequence masks the
+    pattern_answers clamp uses."""
+    tok = build_tokenizer()
+    cfg = tiny_train_cfg(mix={"addition": 0.4, "letter_shift": 0.4, "repeated_tokens": 0.2}, items=5, max_word_len=3)
+    tokens, mask, sources = make_batch(random.Random(4), cfg, tok, 24, with_sources=True)
+    separators, answers = answer_positions(tokens, tok)
+    newline = tok.convert_tokens_to_ids("\n")
+    for row, src in enumerate(sources):
+        m = mask[row]
+        starts = m & ~torch.cat([torch.tensor([False]), m[:-1]])  # first token of each target segment
+        if src == "repeated_tokens":  # no items: the random characters have no '=' nor '->' here
+            continue
+        assert torch.equal(separators[row], torch.cat([starts[1:], torch.tensor([False])])), src
+        assert torch.equal(answers[row], m & (tokens[row] != newline)), src
+        assert separators[row].sum() == cfg["items"]
+    assert {"addition", "letter_shift", "repeated_tokens"} == set(sources)
+
+
+def test_perfect_pattern_clamps(one_torch_thread):
+    """pattern_previous_token: each position attends to the one before (0 to itself); pattern_answers:
+    from each '=' (and the answer it predicts) uniformly to the earlier items' answers, elsewhere to
+    itself. The head's output is that pattern applied to its values."""
+    tok = build_tokenizer()
+    text = "0+1=1\n2+2=4\n3+1=4\n5+1="
+    tokens = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]])
+    pattern = answer_pattern(tokens, tok)[0]
+    chars = ["^"] + list(text)
+    eq = [i for i, c in enumerate(chars) if c == "="]
+    answer_at = [i + 1 for i in eq[:-1]]  # the single-digit answers
+    assert torch.equal(pattern[eq[0]], torch.eye(len(chars))[eq[0]])  # no earlier answer: itself
+    for k, q in enumerate(eq[1:], start=1):
+        expected = torch.zeros(len(chars))
+        expected[answer_at[:k]] = 1.0 / k
+        assert torch.equal(pattern[q], expected)
+        assert q + 1 == len(chars) or torch.equal(pattern[q + 1], expected)  # the answer token's row too
+    others = [i for i in range(len(chars)) if i not in eq and i not in answer_at]
+    assert torch.equal(pattern[others], torch.eye(len(chars))[others])
+
+    cfg = tiny_train_cfg(mix=MIX)
+    model, tok = _model(cfg)
+    batch, _ = make_batch(random.Random(5), cfg, tok, 3)
+    n = batch.shape[1]
+    fwd = ClampedForward(model, tok)
+    for kind, expected in (("pattern_previous_token", previous_token_pattern(n).expand(3, n, n)),
+                           ("pattern_answers", answer_pattern(batch, tok))):
+        seen = {}
+        with torch.no_grad():
+            fwd(batch, [Clamp(((1, 1),), kind)], [(pattern_hook(1), _spy(seen, "p")), (qkv_hook(1, "v"), _spy(seen, "v")),
+                                                  (z_hook(1), _spy(seen, "z"))])
+        assert torch.equal(seen["p"][:, 1], expected), kind
+        assert not torch.allclose(seen["p"][:, 0], expected), kind
+        torch.testing.assert_close(seen["z"][:, :, 1], torch.einsum("bqk,bkd->bqd", expected, seen["v"][:, :, 1]),
+                                   atol=1e-5, rtol=1e-5)
+    prev = previous_token_pattern(4)
+    assert prev[0, 0] == 1 and all(prev[q, q - 1] == 1 for q in range(1, 4)) and torch.equal(prev.sum(1), torch.ones(4))
+
+
+def test_clamped_checkpoint_runs_the_training_forward(tmp_path, one_torch_thread):
+    """A loaded checkpoint under `clamped` gives, for every kind, the logits of the training forward
+    with that clamp; a caller's hooks see the clamped values; a block part called directly (analytic
+    path patching) is not clamped again; outside the block the checkpoint is the plain model."""
+    from fi.dynamics_runs import KINDS
+    from fi.models import load_model
+
+    cfg = tiny_train_cfg(mix=MIX, steps=2)
+    train_model(cfg, tmp_path / "ref", progress=False)
+    model, tok = _model(cfg)
+    model.eval()
+    model.save_pretrained(tmp_path / "ck")
+    tok.save_pretrained(tmp_path / "ck")
+    loaded = load_model("ck", path=str(tmp_path / "ck"), device="cpu")
+    tokens, _ = make_batch(random.Random(6), cfg, tok, 3)
+    fwd = ClampedForward(model, tok)
+    with torch.no_grad():
+        plain = loaded.bridge(tokens)
+        for kind in KINDS:
+            clamps = [Clamp(((0, 1), (1, 2)), kind, reference=str(tmp_path / "ref"))]
+            with clamped(loaded, clamps):
+                ours = loaded.bridge(tokens)
+                seen = {}
+                loaded.bridge.run_with_hooks(tokens, fwd_hooks=[(z_hook(1), _spy(seen, "z"))])
+            assert torch.equal(ours, fwd(tokens, clamps)), kind
+            assert not torch.allclose(ours, plain), kind
+            with clamped(loaded, clamps):  # a run from a residual stream (path patching's run 1)
+                resid = torch.randn(3, tokens.shape[1], cfg["d_model"])
+                loaded.bridge.run_with_hooks(resid, start_at_layer=1, fwd_hooks=[(z_hook(1), _spy(seen, "z1"))])
+            if kind == "zero":
+                assert torch.equal(seen["z"][:, :, 2], torch.zeros_like(seen["z"][:, :, 2]))
+                assert torch.equal(seen["z1"][:, :, 2], torch.zeros_like(seen["z1"][:, :, 2]))
+                with clamped(loaded, clamps):
+                    z = torch.ones(2, 1, cfg["d_model"])  # heads' outputs side by side, as fi.patching passes them
+                    direct = loaded.bridge.blocks[1].attn.o(z.clone())
+                torch.testing.assert_close(direct, loaded.bridge.blocks[1].attn.o(z.clone()))
+        assert torch.equal(loaded.bridge(tokens), plain)
+
+
+def _zero_head_weights(folder, out, layer, head, d_head):
+    """The checkpoint with one head's output-projection columns zeroed: the zero clamp as weights."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    shutil.copytree(folder, out, ignore=shutil.ignore_patterns("training_state.pt"))
+    w = load_file(folder / "model.safetensors")
+    key = f"model.layers.{layer}.self_attn.o_proj.weight"
+    w[key] = w[key].clone()
+    w[key][:, head * d_head:(head + 1) * d_head] = 0.0
+    save_file(w, out / "model.safetensors", metadata={"format": "pt"})
+    return out
+
+
+def test_measures_of_a_clamped_run_go_through_its_clamps(tmp_path, one_torch_thread):
+    """A head zeroed throughout training is measured zeroed at every checkpoint: its path score to
+    the output is exactly 0 and the accuracies and logit differences are those of the clamped forward
+    (the checkpoint with the head's output projection zeroed); the same checkpoints measured without
+    clamps (clamps.json empty) give the plain model's, where the head's score is not 0."""
+    import json
+
+    import pandas as pd
+
+    from fi.dynamics import measure_checkpoint, progress_measures, train_run
+    from fi.evaluation import evaluate_task
+    from fi.io import read_jsonl
+    from fi.models import load_model
+    from fi.patching import Patcher, build_patching_data
+    from fi.stages import make_dataset
+    from fi.tasks import get_family
+    from fi.training import checkpoint_dir
+
+    cfg = tiny_train_cfg(mix=MIX, steps=8, checkpoints=[0, 4])
+    run = tmp_path / "run"
+    train_run(cfg, [{"heads": [[0, 1]], "kind": "zero"}], str(run), threads=1)
+    cell = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
+    dataset = tmp_path / "data.jsonl"
+    make_dataset("addition", cell["variant"], {"n_examples": 12, "n_demos": 8, "seed": 42}, str(dataset))
+    params = {"max_examples": 12, "batch_size": 5}
+    ht = {"seq_len": 10, "n_seqs": 4, "seed": 0, "threshold": 0.3}
+    family = get_family("addition")
+    variant = family.parse_variant(cell["variant"])
+    records = read_jsonl(str(dataset))
+    for step in (0, 4, 8):
+        out = tmp_path / f"step{step}.parquet"
+        measure_checkpoint(str(run), step, cfg, [cell], [str(dataset)], ht, params, {"run": "zero"}, str(out))
+        df = pd.read_parquet(out)
+        assert set(df["clamps"]) == {json.dumps([{"kind": "zero", "heads": [[0, 1]], "steps": [0, None]}])}
+        path = df[df["measure"] == "path_output"].set_index(["layer", "head"])["value"]
+        assert path[(0, 1)] == 0.0 and (path.drop((0, 1)) != 0).all(), step
+        surgery = load_model("s", path=str(_zero_head_weights(checkpoint_dir(run, step), tmp_path / f"s{step}", 0, 1,
+                                                               cfg["d_model"] // cfg["n_heads"])), device="cpu")
+        scores = evaluate_task(surgery, family, variant, records, 4)
+        val = df.set_index("measure")["value"]
+        assert val["cf_acc"] == scores["cf_correct"].mean() and val["orig_acc"] == scores["orig_correct"].mean()
+        patcher = Patcher(surgery, build_patching_data(surgery, family, variant, records, 4, 12), batch_size=5)
+        assert val["ld_normal"] == pytest.approx(patcher.ld_normal, abs=1e-5)
+        plain = progress_measures(str(checkpoint_dir(run, step)), cfg, [cell], [str(dataset)], ht, 12, 5)
+        assert abs(plain.set_index("measure")["value"]["ld_normal"] - val["ld_normal"]) > 1e-4
+        plain_path = plain[plain["measure"] == "path_output"].set_index(["layer", "head"])["value"]
+        assert abs(plain_path[(0, 1)]) > 1e-4
+    # an empty-clamp run measures as before
+    (run / "clamps.json").write_text("[]")
+    measure_checkpoint(str(run), 8, cfg, [cell], [str(dataset)], ht, params, {"run": "zero"}, str(tmp_path / "e.parquet"))
+    empty = pd.read_parquet(tmp_path / "e.parquet")
+    assert set(empty["clamps"]) == {"[]"}
+    pd.testing.assert_frame_equal(empty.drop(columns=["run", "step", "seconds"]), plain)
 
 
 def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(tmp_path, one_torch_thread):

@@ -11,6 +11,9 @@ import torch
 
 from fi.function_vectors import (
     ALL,
+    CONTRAST,
+    FI,
+    NORMAL,
     SHIFT_COLUMNS,
     NaivePrompts,
     digit_logits,
@@ -19,6 +22,8 @@ from fi.function_vectors import (
     function_vectors,
     naive_prompts,
     plus_j_effect,
+    set_vectors,
+    vector_sets,
 )
 from fi.patching import build_patching_data
 from fi.tasks import get_family
@@ -81,7 +86,7 @@ def reference_shifts(model, offsets=OFFSETS, scales=SCALES) -> pd.DataFrame:
     rows = []
     for k in offsets:
         vecs = {h: reference_vector(model, k, h) for h in HEADS}
-        sets = [(f"{a}.{b}", {(a, b): vecs[(a, b)]}) for a, b in HEADS] + [(ALL, vecs)]
+        sets = [(f"L{a}H{b}", {(a, b): vecs[(a, b)]}) for a, b in HEADS] + [(ALL, vecs)]
         for label, adds in sets:
             for scale in scales:
                 for i, prompt in enumerate(naive_prompts()):
@@ -91,7 +96,35 @@ def reference_shifts(model, offsets=OFFSETS, scales=SCALES) -> pd.DataFrame:
 
 
 def test_naive_prompts_are_the_papers():
-    assert naive_prompts()[0] == "-1=-1\n0=" and naive_prompts()[5] == "4=4\n5="
+    # the paper's: the demo is the previous digit, wrapping (9 before 0), never "-1"
+    assert naive_prompts() == ["9=9\n0=", "0=0\n1=", "1=1\n2=", "2=2\n3=", "3=3\n4=", "4=4\n5=", "5=5\n6=",
+                               "6=6\n7=", "7=7\n8=", "8=8\n9="]
+
+
+def reference_normal_vector(model, k: int, head: tuple[int, int]) -> torch.Tensor:
+    """Mean hook_z of `head` over the NORMAL prompts (plain a+b demos) of the offset-k examples, read
+    where the contrast vector is read: the last token of the prompt followed by the two answers'
+    common prefix. One prompt at a time, a hand-written TransformerLens hook."""
+    family = get_family("addition")
+    layer, h = head
+    outs = []
+    for ex in family.examples(records(k), family.parse_variant(f"setting1_nmax9_offset{k}"), SHOTS):
+        c_ids = model.encode(ex.contrast_prompt)
+        n_ans, c_ans = (model.encode(ex.contrast_prompt + a)[len(c_ids):] for a in (ex.normal_answer, ex.contrast_answer))
+        prefix = []
+        for a, b in zip(n_ans, c_ans):
+            if a != b:
+                break
+            prefix.append(a)
+        tokens = torch.tensor([model.encode(ex.normal_prompt) + prefix])
+        seen = []
+
+        def grab(z, hook):
+            seen.append(z[0, -1, h].detach().clone())
+        with torch.no_grad():
+            model.bridge.run_with_hooks(tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", grab)])
+        outs.append(seen[0])
+    return torch.stack(outs).mean(0)
 
 
 def test_vectors_match_the_reference(tiny_llama):
@@ -99,6 +132,35 @@ def test_vectors_match_the_reference(tiny_llama):
         got = function_vectors(tiny_llama, patching_data(tiny_llama, k), HEADS, batch_size=3)
         want = torch.stack([reference_vector(tiny_llama, k, h) for h in HEADS])
         torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_normal_prompt_vectors_match_a_plain_reference(tiny_llama):
+    # the control: the same heads' mean output on the normal prompts of the same examples
+    sets = vector_sets(HEADS, None)
+    assert [(s.group, s.prompts) for s in sets] == [(FI, CONTRAST), (FI, NORMAL)]
+    for k in OFFSETS:
+        data = patching_data(tiny_llama, k)
+        contrast, normal = set_vectors(tiny_llama, data, sets, batch_size=3)
+        want = torch.stack([reference_normal_vector(tiny_llama, k, h) for h in HEADS])
+        torch.testing.assert_close(normal, want, atol=1e-6, rtol=0)
+        torch.testing.assert_close(function_vectors(tiny_llama, data, HEADS, prompts=NORMAL), want, atol=1e-6, rtol=0)
+        assert (contrast - normal).abs().max() > 1e-3  # the two prompts' vectors are not the same thing
+        torch.testing.assert_close(contrast, torch.stack([reference_vector(tiny_llama, k, h) for h in HEADS]),
+                                   atol=1e-6, rtol=0)
+
+
+def test_vector_sets_come_from_the_circuit_else_the_discovery_heads():
+    discovery = [[0, 1], [1, 3]]
+    circuit = {"previous_token": [[0, 0]], "function_induction": [[1, 2], [0, 3]], "consolidation": []}
+    sets = vector_sets(discovery, circuit)
+    assert [(s.group, s.prompts, s.head_source, s.heads) for s in sets] == [
+        (FI, CONTRAST, "circuit", ((1, 2), (0, 3))), (FI, NORMAL, "circuit", ((1, 2), (0, 3))),
+        ("previous_token", CONTRAST, "circuit", ((0, 0),))]  # the empty consolidation group: no set
+    fallback = vector_sets(discovery, {**circuit, "function_induction": []})
+    assert [(s.group, s.head_source, s.heads) for s in fallback[:2]] == [(FI, "discovery", ((0, 1), (1, 3)))] * 2
+    assert [s.group for s in fallback[2:]] == ["previous_token"]
+    assert [(s.prompts, s.head_source) for s in vector_sets(discovery, None)] == [(CONTRAST, "discovery"),
+                                                                                 (NORMAL, "discovery")]
 
 
 @pytest.mark.parametrize("residual_readout", [True, False])
@@ -184,6 +246,9 @@ def test_stage_writes_the_documented_table(tiny_llama_dir, tmp_path):
 
     heads_file = tmp_path / "heads.json"
     heads_file.write_text(json.dumps({"heads": [[0, 1], [1, 3]]}))
+    circuit_file = tmp_path / "circuit.json"  # the groups as fi.stages.find_circuit writes them
+    groups = {"previous_token": [[0, 0]], "function_induction": [[1, 2], [0, 3], [1, 0]], "consolidation": [[1, 1]]}
+    circuit_file.write_text(json.dumps({"groups": groups}))
     datasets = []
     for k in (-1, 2):
         path = tmp_path / f"setting1_nmax9_offset{k}.jsonl"
@@ -193,15 +258,43 @@ def test_stage_writes_the_documented_table(tiny_llama_dir, tmp_path):
               "max_examples": 3, "batch_size": 2}
     out = tmp_path / "fv" / "tiny.parquet"
     model = {"name": "tiny-llama", "path": str(tiny_llama_dir), "dtype": "float32"}
-    stage(model, str(heads_file), datasets, str(out), params, device="cpu")
+    stage(model, str(heads_file), datasets, str(out), params, circuit_file=str(circuit_file), device="cpu")
     df = pd.read_parquet(out)
     assert list(df.columns) == SHIFT_COLUMNS
-    assert len(df) == 2 * 3 * 2 * 100  # offsets x (2 heads + all) x scales x 10 inputs x 10 digits
-    assert set(df["heads"]) == {"0.1", "1.3", ALL} and (df["n_prompts"] == 3).all()
+    # the circuit's FI heads (not the discovery heads) on contrast and normal prompts, and both other groups
+    heads_of = {key: set(g["heads"]) for key, g in df.groupby(["group", "prompts", "head_source"])}
+    fi_heads = {"L1H2", "L0H3", "L1H0", ALL}
+    assert heads_of == {(FI, CONTRAST, "circuit"): fi_heads, (FI, NORMAL, "circuit"): fi_heads,
+                        ("previous_token", CONTRAST, "circuit"): {"L0H0", ALL},
+                        ("consolidation", CONTRAST, "circuit"): {"L1H1", ALL}}
+    # offsets x head sets (4 + 4 + 2 + 2) x scales x 10 inputs x 10 digits
+    assert len(df) == 2 * 12 * 2 * 100 and (df["n_prompts"] == 3).all()
     assert (df.loc[df["heads"] == ALL, ["layer", "head"]] == -1).all().all()
     assert (df["model"] == "tiny-llama").all() and (df["shots"] == 2).all() and (df["setting"] == "setting1").all()
+    moved = df[df["scale"] == 1].groupby(["group", "prompts"])["shift"].apply(lambda x: x.abs().max())
+    assert (moved > 1e-3).all() and (df.loc[df["scale"] == 0, "shift"] == 0).all()  # every set has a vector
+    assert (df.loc[df["scale"] == 1, "vector_norm"] > 0).all()
+    # the control's vectors differ from the function vectors of the same heads
+    fi_rows = df[(df["group"] == FI) & (df["scale"] == 1)].pivot_table(
+        index=["offset", "heads", "input", "output"], columns="prompts", values="shift")
+    assert (fi_rows[CONTRAST] - fi_rows[NORMAL]).abs().max() > 1e-3
+
     aggregate_function_vectors([str(out)], str(tmp_path / "t.parquet"), str(tmp_path / "e.parquet"))
     eff = pd.read_parquet(tmp_path / "e.parquet")
-    assert {"effect", "share", "share_sum", "measured_offset"} <= set(eff.columns)
+    assert {"effect", "share", "share_sum", "measured_offset", "group", "prompts", "head_source"} <= set(eff.columns)
+    # shares are of each set's own all-heads effect: every set's shares are there, and add up per set
+    at_k = eff[(eff["measured_offset"] == eff["offset"]) & (eff["heads"] == ALL) & (eff["scale"] == 1)]
+    assert len(at_k) == 4 * 2 and at_k["share_sum"].notna().all()
     plot_function_vectors(str(out), str(tmp_path / "fv.png"), {"dpi": 50})
     assert (tmp_path / "fv.png").stat().st_size > 5_000
+
+    # the fallback: no circuit (stage off), or an empty FI group: the discovery heads, labelled so
+    circuit_file.write_text(json.dumps({"groups": {**groups, "function_induction": []}}))
+    for circuit in (str(circuit_file), None):
+        stage(model, str(heads_file), datasets, str(out), {**params, "scales": [1]}, circuit_file=circuit, device="cpu")
+        df = pd.read_parquet(out)
+        fi_rows = df[df["group"] == FI]
+        assert set(fi_rows["heads"]) == {"L0H1", "L1H3", ALL} and (fi_rows["head_source"] == "discovery").all()
+        assert set(fi_rows["prompts"]) == {CONTRAST, NORMAL}
+        others = {"previous_token", "consolidation"} if circuit else set()
+        assert set(df["group"]) - {FI} == others and (df.loc[df["group"] != FI, "head_source"] == "circuit").all()

@@ -41,6 +41,7 @@ AGGREGATE_OUTPUTS = {ACCURACY, "results/tables/accuracy_paper_format.csv", "resu
 ACC_PLOTS = {"results/plots/accuracy_addition.png", "results/plots/accuracy_cipher.png"}
 HEADS_PLOT = {f"results/plots/heads_{M}.png"}
 ABL_PLOT = {"results/plots/task_generalization.png"}
+SUMMARY = {"results/summary.md"}  # states findings from the tables: reruns after any aggregate
 
 # Every job of the base grid, by rule (first output of each job).
 FULL = {
@@ -57,6 +58,7 @@ FULL = {
     "plot_accuracy": ACC_PLOTS,
     "plot_heads": HEADS_PLOT,
     "plot_ablation": ABL_PLOT,
+    "summary": SUMMARY,
 }
 
 
@@ -111,6 +113,7 @@ def test_adding_a_shot_count_schedules_only_the_new_cells(run):
         "evaluate": {ev(*ADD, 4), ev(*CIP, 4)},
         "aggregate": {ACCURACY},
         "plot_accuracy": ACC_PLOTS,
+        "summary": SUMMARY,
     }
     assert plan.with_reason(PARAMS_CHANGED) == set()
     assert list_changes(run, "input") == AGGREGATE_OUTPUTS  # the set of cells grew
@@ -129,6 +132,7 @@ def test_adding_an_offset_schedules_only_the_new_variant(run):
         "aggregate_ablation": {"results/tables/ablation.parquet"},
         "plot_accuracy": ACC_PLOTS,
         "plot_ablation": ABL_PLOT,
+        "summary": SUMMARY,
     }
     assert plan.with_reason(PARAMS_CHANGED) == set()
     assert list_changes(run, "input") == AGGREGATE_OUTPUTS | {"results/tables/ablation.parquet"}
@@ -145,6 +149,7 @@ def test_changing_cipher_reruns_only_cipher_and_what_reads_it(run):
         "aggregate_ablation": {"results/tables/ablation.parquet"},
         "plot_accuracy": ACC_PLOTS,
         "plot_ablation": ABL_PLOT,
+        "summary": SUMMARY,
     }
     assert plan.with_reason(PARAMS_CHANGED) == {dataset_path(*CIP)}
 
@@ -166,6 +171,7 @@ def test_changing_addition_reruns_addition_and_the_heads_found_on_it(run):
         "plot_accuracy": ACC_PLOTS,
         "plot_heads": HEADS_PLOT,
         "plot_ablation": ABL_PLOT,
+        "summary": SUMMARY,
     }
     assert plan.with_reason(PARAMS_CHANGED) == {dataset_path(*ADD)}
     assert not {dataset_path(*CIP), ev(*CIP), builtin_model_dir(M), head_types_path(M)} & plan.outputs()
@@ -290,7 +296,7 @@ def _append_comment(path: Path) -> None:
 # (checking the heads) and ablate, not by the datasets, the model, attribution or head types.
 AFTER_EVALUATION = {rule: FULL[rule] for rule in ("evaluate", "discover_heads", "ablate", "aggregate",
                                                   "aggregate_attribution", "aggregate_ablation", "plot_accuracy",
-                                                  "plot_heads", "plot_ablation")}
+                                                  "plot_heads", "plot_ablation", "summary")}
 PLOTS = {"plot_accuracy": ACC_PLOTS, "plot_heads": HEADS_PLOT, "plot_ablation": ABL_PLOT}
 
 

@@ -412,6 +412,7 @@ def test_snakemake_on_a_local_gpt2_checkpoint(tmp_path):
         "attribution": {"max_examples": 4, "position_groups": False},
         "head_types": {"n_seqs": 4},
         "ablation": {"shots": [2], "n_random": 1},
+        "min_ld_gap": 0.0,  # a random model: its gaps are noise (the guard: tests/test_ld_gap.py)
     })
     snakemake(work, "all", "results/tables/parity.csv")
     acc = pd.read_parquet(work / "results/tables/accuracy.parquet")

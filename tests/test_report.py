@@ -23,6 +23,8 @@ PLOTS = {
     "results/plots/heads_fi-toy.png": "Boxed heads are the model's FI heads",
     "results/plots/task_generalization.png": "Task generalization: the four accuracies",
 }
+# the report's first entry: the run's findings, read from its tables
+SUMMARY = {"results/summary.md": "The run's headline findings"}
 
 
 def _js_value(page: str, name: str, script_id: str | None = None):
@@ -47,14 +49,14 @@ def report(tmp_path_factory):
 def test_the_report_has_every_plot_with_its_caption(report):
     run, page = report
     results = _js_value(page, "results")
-    assert set(results) == set(PLOTS)
-    for path, caption in PLOTS.items():
+    assert set(results) == set(PLOTS) | set(SUMMARY)
+    for path, caption in {**PLOTS, **SUMMARY}.items():
         entry = results[path]
         assert caption in " ".join(_text(entry["caption"]).split())
         data = entry["data_uri"].split("base64,", 1)[1]
         assert base64.b64decode(data) == (run / path).read_bytes()  # the figure itself is embedded
     categories = _js_value(page, "categories")
-    assert set(categories) == {"Accuracy", "Head attribution", "Task generalization"}
+    assert set(categories) == {"0 Summary", "Accuracy", "Head attribution", "Task generalization"}
 
 
 def test_the_report_shows_the_resolved_config(report):

@@ -32,7 +32,7 @@ SCRIPT = REPO / "workflow" / "scripts" / "local_slurm.sh"
 SUBMITTED = {"dataset": 2, "train_model": 1, "evaluate": 2, "attribute": 1, "head_types": 1, "discover_heads": 1,
              "ablate": 2}
 LOCAL = {"aggregate", "aggregate_attribution", "aggregate_ablation", "plot_accuracy", "plot_heads", "plot_ablation",
-         "all"}
+         "summary", "all"}
 TIMEOUT_S = 900
 BUSY_WAIT_S = 600  # how long to wait for a cluster another session started to go away
 

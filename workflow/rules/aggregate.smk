@@ -14,3 +14,19 @@ rule aggregate:
         code=code_hash("aggregate"),
     run:
         in_process("../scripts/aggregate.py", locals())
+
+
+# The run's headline findings from its tables, and their provenance (fi.summary).
+rule summary:
+    input:
+        unpack(summary_inputs),
+    output:
+        summary=report(PATHS["summary"], caption="../report/summary.rst", category="0 Summary"),
+        provenance=PATHS["provenance"],
+    log:
+        "logs/summary.log",
+    params:
+        code=code_hash("summary"),
+        seeds=seeds_of(config),
+    run:
+        in_process("../scripts/summary.py", locals())

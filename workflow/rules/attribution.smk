@@ -48,6 +48,7 @@ rule aggregate_attribution:
         "logs/aggregate_attribution.log",
     params:
         code=code_hash("aggregate_attribution"),
+        min_ld_gap=config["min_ld_gap"],
     run:
         in_process("../scripts/aggregate_attribution.py", locals())
 

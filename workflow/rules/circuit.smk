@@ -7,14 +7,7 @@ rule find_circuit:
         unpack(model_inputs),
         dataset=PATHS["dataset"],
     output:
-        circuit=PATHS["circuit"],
-        diagram=report(
-            PATHS["circuit_diagram"].replace("{ext}", PLOT_FORMAT),
-            caption="../report/circuit.rst",
-            category="Circuit",
-        ),
-        attention_plot=PATHS["circuit_attention_plot"].replace("{ext}", PLOT_FORMAT),
-        attention_html=PATHS["circuit_attention_html"],
+        PATHS["circuit"],
     log:
         "logs/find_circuit/{model}/{task}/{variant}/shots{shots}.log",
     threads: 1
@@ -25,8 +18,36 @@ rule find_circuit:
         model=model_params,
         circuit=circuit_params,
         explicit=explicit_groups,
+        min_ld_gap=config["min_ld_gap"],
     run:
         in_process("../scripts/find_circuit.py", locals())
+
+
+# Drawing apart from finding: a plot edit reruns no path patching.
+rule draw_circuit:
+    input:
+        unpack(model_inputs),
+        circuit=rules.find_circuit.output[0],
+        dataset=PATHS["dataset"],
+    output:
+        diagram=report(
+            PATHS["circuit_diagram"].replace("{ext}", PLOT_FORMAT),
+            caption="../report/circuit.rst",
+            category="Circuit",
+        ),
+        attention_plot=PATHS["circuit_attention_plot"].replace("{ext}", PLOT_FORMAT),
+        attention_html=PATHS["circuit_attention_html"],
+    log:
+        "logs/draw_circuit/{model}/{task}/{variant}/shots{shots}.log",
+    threads: 1
+    resources:
+        **model_resources("draw_circuit"),
+    params:
+        code=code_hash("draw_circuit"),
+        model=model_params,
+        circuit=circuit_params,
+    run:
+        in_process("../scripts/draw_circuit.py", locals())
 
 
 rule evaluate_circuit:
@@ -44,6 +65,8 @@ rule evaluate_circuit:
         code=code_hash("evaluate_circuit"),
         model=model_params,
         circuit=circuit_params,
+        generation=circuit_generation_params,
+        min_ld_gap=config["min_ld_gap"],
     run:
         in_process("../scripts/evaluate_circuit.py", locals())
 

@@ -33,6 +33,7 @@ from fi.grid import (
     models,
     task_names,
 )
+from fi.summary import seeds_of
 from fi.tasks import get_family
 
 # Bad config stops here, before any job, with a message naming the bad key and value; the schema
@@ -85,7 +86,26 @@ def all_outputs():
     if FV_ENABLED:
         out += [PATHS["function_vectors_table"], PATHS["function_vector_effects_table"]]
         out += [PATHS["function_vectors_plot"].format(model=m, ext=PLOT_FORMAT) for m in MODELS]
-    return out + circuit_outputs()
+    return out + circuit_outputs() + [PATHS["summary"], PATHS["provenance"]]
+
+
+def summary_inputs(wildcards):
+    """The tables the summary states findings from (those this config makes)."""
+    out = {
+        "accuracy": PATHS["accuracy_table"],
+        "heads": [heads_path(m) for m in MODELS],
+        "tables": [PATHS["head_attribution_table"]],
+    }
+    if ABLATION_CELLS:
+        out["ablation"] = PATHS["ablation_table"]
+    if CIRCUIT_CELLS:
+        out["circuit_heads"] = PATHS["circuit_heads_table"]
+        out["circuit_evaluation"] = PATHS["circuit_evaluation_table"]
+        out["circuit_overlap"] = PATHS["circuit_overlap_table"]
+        out["circuit_evaluations"] = [PATHS["circuit_evaluation"].format(model=m) for m in MODELS]
+    if FV_ENABLED:
+        out["function_vector_effects"] = PATHS["function_vector_effects_table"]
+    return out
 
 
 # ---- input functions --------------------------------------------------------------------------
@@ -324,6 +344,15 @@ def circuit_evaluation_inputs(wildcards):
     }
 
 
+def function_vector_inputs(wildcards):
+    """The model, its discovery heads and, with the circuit stage on, its discovery cell's circuit
+    (whose function_induction group gives the FI heads; the discovery heads where it is empty)."""
+    inputs = {**model_inputs(wildcards), "heads": heads_path(wildcards.model)}
+    if CIRCUIT["enabled"]:
+        inputs["circuit"] = PATHS["circuit"].format(**vars(circuit_cell_of(wildcards)))
+    return inputs
+
+
 def circuit_overlap_inputs(wildcards):
     cells = [c for c in CIRCUIT_CELLS if c.model == wildcards.model]
     return {
@@ -335,6 +364,12 @@ def circuit_overlap_inputs(wildcards):
 
 def explicit_groups(wildcards):
     return CIRCUIT["groups"].get(MODELS[wildcards.model].name)
+
+
+def circuit_generation_params(wildcards):
+    """The recipe of the evaluation cell's dataset (the held-out prompts are drawn with it)."""
+    c = circuit_cell_of(wildcards)
+    return get_family(c.task).generation_params(config["tasks"][c.task])
 
 
 def circuit_params(wildcards):

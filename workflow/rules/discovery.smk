@@ -15,5 +15,6 @@ rule discover_heads:
         model=model_params,
         discovery=config_slice("discovery", "heads"),
         explicit=explicit_heads,
+        min_ld_gap=config["min_ld_gap"],
     run:
         in_process("../scripts/discover_heads.py", locals())

@@ -1,11 +1,11 @@
 # Function vectors (the paper's section 3): the FI heads' mean output at the query of off-by-k
-# prompts, added to naive prompts; per model, then one table and one figure per model.
+# prompts, added to naive prompts, beside the controls (the same heads on normal prompts, the
+# circuit's other groups); per model, then one table and one figure per model.
 
 
 rule function_vectors:
     input:
-        unpack(model_inputs),
-        heads=PATHS["heads"],
+        unpack(function_vector_inputs),
         datasets=FV_DATASETS,
     output:
         PATHS["function_vectors"],
