@@ -41,11 +41,18 @@ def fi_heads(trained_toy):
     return [(layer, head)]
 
 
+# The fixture trains on 13 items a sequence (tests/conftest.py TRAINED_TOY): at 16 shots its prompts
+# are longer than any it saw, and whether it generalises there depends on the seed (seed 2: cf_acc
+# 0.58); at 8 shots every seed tried clears these bounds with margin (bench/bench_fixture_margin.py
+# --shots 8: lowest cf_acc 0.99, plain answers after the patch 0.96, random heads change <= 0.02).
+SHOTS = 8
+
+
 def test_patching_the_fi_heads_from_the_normal_prompt_gives_the_plain_answer(trained_toy, fi_heads):
     v, records = cell()
-    base = ablated_scores(trained_toy, ADDITION, v, records, 16, [], "patch")
+    base = ablated_scores(trained_toy, ADDITION, v, records, SHOTS, [], "patch")
     assert base["cf_correct"].mean() >= 0.9  # the model does off-by-one
-    ablated = ablated_scores(trained_toy, ADDITION, v, records, 16, fi_heads, "patch")
+    ablated = ablated_scores(trained_toy, ADDITION, v, records, SHOTS, fi_heads, "patch")
     assert ablated["orig_correct"].mean() >= 0.9  # and answers a+b once its FI heads see a+b demos
     # the normal prompt is untouched by patch-from-base
     assert ablated["normal_correct"].equals(base["normal_correct"])
@@ -53,9 +60,9 @@ def test_patching_the_fi_heads_from_the_normal_prompt_gives_the_plain_answer(tra
 
 def test_random_head_sets_barely_change_the_answers(trained_toy, fi_heads):
     v, records = cell()
-    base = ablated_scores(trained_toy, ADDITION, v, records, 16, [], "patch")
+    base = ablated_scores(trained_toy, ADDITION, v, records, SHOTS, [], "patch")
     for heads in random_head_sets(trained_toy.n_layers, trained_toy.n_heads, fi_heads, 5, seed=0, exclude=fi_heads):
-        df = ablated_scores(trained_toy, ADDITION, v, records, 16, heads, "patch")
+        df = ablated_scores(trained_toy, ADDITION, v, records, SHOTS, heads, "patch")
         changed = (df["cf_correct"] != base["cf_correct"]).mean()
         assert changed <= 0.1, (heads, changed)
 
