@@ -21,8 +21,8 @@ stage uses it. What is timed:
     for the paper's loop: the others have no path to it).
   Agreement: max |fi - loop| over the senders run, on the logit-difference scale (normalised score x
   |LD_contrast - LD_normal|) <= 1e-4, as tests/test_patching.py's `scaled_close`.
-* `fi.circuit.completeness_search` (variants stacked along the batch by `faithfulness_many`) against
-  the same search with one variant per `faithfulness_many` call; patched runs counted (variants x
+* `fi.circuit.completeness_search` (variants stacked along the batch by `circuit_lds`) against
+  the same search with one variant per `circuit_lds` call; patched runs counted (variants x
   prompts, and batched forward passes), same rollouts checked.
 
 Models: the built-in model (a trained 2 x 4 recipe model: --model, or trained here in ~1 min with
