@@ -273,7 +273,6 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
            ablation: dict, batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
     """The paper's four accuracies with no ablation, the FI heads ablated and random head sets of
     the same size ablated, for every configured mode."""
-    import json
 
     from fi.ablation import ablated_scores, random_head_sets
     from fi.tables import summarise_cell
@@ -422,7 +421,6 @@ def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, att
                  attention_html: str, circuit: dict, device: str = "auto", threads: int | None = None) -> None:
     """A found circuit's diagram and its heads' attention views (apart from `find_circuit`, so that a
     plot edit reruns no path patching)."""
-    import json
 
     from fi.plots import plot_circuit
 
@@ -507,11 +505,14 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
     everything = {"everywhere": [[a, b] for a in range(loaded.n_layers) for b in range(loaded.n_heads)]}
 
     def faithfulness(cache) -> dict:
-        f_circuit, f_model, f_empty = fc.faithfulness_many(
-            loaded, cache, [(fc.circuit_heads(groups), ()), (fc.circuit_heads(everything), ()), ([], ())])
+        # the circuit, the model, the empty set and each group alone: one stacked call
+        named = [g for g, hs in groups.items() if hs]
+        f_circuit, f_model, f_empty, *f_groups = fc.faithfulness_many(
+            loaded, cache, [(fc.circuit_heads(groups), ()), (fc.circuit_heads(everything), ()), ([], ())]
+            + [(fc.circuit_heads({g: groups[g]}), ()) for g in named])
         gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
         return {"circuit": f_circuit, "model": f_model, "empty": f_empty, "n_examples": cache.data.size,
-                "by_group": {g: fc.faithfulness(loaded, cache, {g: hs}) for g, hs in groups.items() if hs},
+                "by_group": dict(zip(named, f_groups)),
                 "ld_normal": cache.mean_ld_normal, "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap,
                 "low_ld_gap": gap < min_ld_gap}
     search = circuit["completeness"]
@@ -541,7 +542,6 @@ def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], 
     """Per pair of families (A, B) of one model's circuits: the share of A's circuit heads in B's (per
     group and over all), and A's FI heads ablated on B's cell (patch from the normal prompt) against
     `ablation.n_random` random sets of the same size: the drop of cf_acc each causes."""
-    import json
 
     from fi import circuit as fc
     from fi.ablation import ablated_scores, random_head_sets
@@ -587,8 +587,6 @@ def aggregate_circuits(circuits: list[str], evaluations: list[str], overlaps: li
                        evaluation_table: str, overlap_table: str) -> None:
     """Tables of every circuit head (with group and numbers), every circuit evaluation (long rows:
     kind, subject, measure, value) and every overlap row."""
-    import json
-
     heads, evals = [], []
     for p in circuits:
         c = json.loads(Path(p).read_text())
@@ -644,7 +642,6 @@ def function_vectors(model: dict, heads_file: str, datasets: list[str], output: 
     empty, on the contrast and the normal prompts; the circuit's other groups), one row per (offset,
     head set, scale, input digit, output digit) with the digit logit's shift
     (fi.function_vectors.SHIFT_COLUMNS)."""
-    import json
 
     from fi.function_vectors import SHIFT_COLUMNS, function_vector_shifts, set_vectors, vector_sets
     from fi.patching import build_patching_data
