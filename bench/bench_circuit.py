@@ -60,7 +60,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from bench.bench_patching import paper_sender_loop, timed
 from fi import circuit as fc
 from fi.models import load_model
-from fi.patching import Receiver, build_cache, build_patching_data, logit_diff
+from fi.patching import Receiver, build_cache, build_patching_data, logit_diff, z_hook
 from fi.reference import frozen_z_hooks, head_receiver_logits, reference_path_patching
 from fi.tasks import get_family
 
@@ -184,7 +184,7 @@ def paper_loop(model, data, receiver: Receiver, senders, batch=4):
         if receiver.is_output:
             logits = b.run_with_hooks(contrast, fwd_hooks=hooks)
         else:
-            logits = head_receiver_logits(b, contrast, hooks, receiver, H, n_kv)
+            logits = head_receiver_logits(b, contrast, hooks, receiver, H, n_kv, cache_c[z_hook(receiver.layer)])
         return float(logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).sum())
     return paper_sender_loop(model, data, senders, sender_ld, batch)
 

@@ -68,10 +68,13 @@ def score(path: Path, batch_size: int = 100) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def one_run(name: str, train: dict, threads: int, bar: float) -> dict:
+def one_run(name: str, train: dict, threads: int, bar: float, curves: Path | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         curve = train_model(train, Path(tmp) / "m", threads=threads, progress=False)
+        if curves is not None:
+            curves.mkdir(parents=True, exist_ok=True)
+            curve.to_csv(curves / f"{name.replace('/', '_')}.csv", index=False)
         seconds = time.perf_counter() - t0
         torch.set_num_threads(threads)
         acc = score(Path(tmp) / "m")
@@ -102,6 +105,7 @@ def main():
     ap.add_argument("--bar", type=float, default=0.95)
     ap.add_argument("--set", nargs="*", default=[], help="train overrides, key=value (YAML values)")
     ap.add_argument("--out", default=None, help="also write the table as CSV here")
+    ap.add_argument("--curves", default=None, help="write each run's training curve as CSV into this folder")
     args = ap.parse_args()
     base = train_cfg(args.config, args.model, args.set)
     print(f"recipe ({args.config} {args.model}{' + ' + ' '.join(args.set) if args.set else ''}): "
@@ -112,7 +116,7 @@ def main():
                                                          "data_seed": args.seeds[0] + 1000}, args.threads[0]))
     rows = []
     for name, train, threads in runs:
-        rows.append(one_run(name, train, threads, args.bar))
+        rows.append(one_run(name, train, threads, args.bar, Path(args.curves) if args.curves else None))
         print(pd.DataFrame(rows[-1:]).to_string(index=False, header=len(rows) == 1), flush=True)
     table = pd.DataFrame(rows)
     if args.out:

@@ -19,7 +19,7 @@ def head_type_scores(model, seq_len: int = 20, n_seqs: int = 32, seed: int = 0, 
     vocab = torch.tensor([i for i in range(len(model.tokenizer)) if i not in special])
     gen = torch.Generator().manual_seed(seed)
     rand = vocab[torch.randint(len(vocab), (n_seqs, seq_len), generator=gen)]
-    bos = model.tokenizer.bos_token_id
+    bos = model.bos_id
     parts = ([torch.full((n_seqs, 1), bos)] if bos is not None else []) + [rand, rand]
     tokens = torch.cat(parts, dim=1).to(model.device)
     off = 1 if bos is not None else 0

@@ -7,15 +7,20 @@ HF_HUB_OFFLINE=1 and the weights are in the local HF cache).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from dataclasses import dataclass
+import time
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from fi.models_check import check_local_checkpoint_files
 
+log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Loading sets process-wide state for its duration (transformers sets torch's default dtype to the
 # model's): jobs that are threads of one process (workflow/rules/common.smk, in_process) load one
@@ -54,6 +59,9 @@ class LoadedModel:
     tokenizer: object
     device: str
     dtype: torch.dtype
+    # held by the job that uses the model (ModelCache.use): hooks and interventions are added to the
+    # model for the duration of a run, so two jobs never run it at once
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:
@@ -63,11 +71,19 @@ class LoadedModel:
     def n_heads(self) -> int:
         return int(self.bridge.cfg.n_heads)
 
+    @property
+    def bos_id(self) -> int | None:
+        """The BOS token prompts begin with, or None: the tokenizer's BOS where the model's
+        TransformerLens adapter prepends it by default (`cfg.default_prepend_bos`, as the paper's
+        `to_tokens` did; False for GPT-NeoX / Pythia and Qwen-2), else None."""
+        if not getattr(self.bridge.cfg, "default_prepend_bos", True):
+            return None
+        return self.tokenizer.bos_token_id
+
     def encode(self, text: str) -> list[int]:
-        """Token ids of `text` with BOS prepended when the tokenizer has one (TransformerLens'
-        default for string inputs, which the paper's evaluation used)."""
+        """Token ids of `text`, after BOS where the model takes one (`bos_id`)."""
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        bos = self.tokenizer.bos_token_id
+        bos = self.bos_id
         return ([bos] if bos is not None else []) + ids
 
     def right_pad(self, sequences) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,3 +123,60 @@ def load_model(name: str, path: str | None = None, dtype: str = "float32",
     bridge.eval()
     return LoadedModel(name=name, bridge=bridge, tokenizer=bridge.tokenizer, device=resolved,
                        dtype=DTYPES[dtype])
+
+
+class ModelCache:
+    """The models loaded in this process, shared by the jobs it runs: a model entry's bridge is
+    booted once per (name, path, dtype, device) and job slot, not once per job (a 7-9B model takes
+    tens of seconds to load, one evaluation cell seconds of GPU work). A job holds its copy alone
+    (hooks are added to a model for the duration of a run); a job that finds every copy of its
+    model in use gets one more, so jobs that run side by side (threads of one process) keep running
+    side by side, and a process that runs N jobs at a time boots each model at most N times.
+
+    Keeps the copies of the `capacity` most recently used models (environment variable
+    FI_MODEL_CACHE, default 2; 0 keeps none): a job of another model drops those of the least
+    recently used one. `loads` counts the boots per key (benches, tests)."""
+
+    def __init__(self, capacity: int | None = None):
+        self.capacity = int(os.environ.get("FI_MODEL_CACHE", "2")) if capacity is None else capacity
+        self._models: OrderedDict[tuple, list[LoadedModel]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.loads: dict[tuple, int] = {}
+
+    @staticmethod
+    def key(name: str, path: str | None, dtype: str, device: str) -> tuple:
+        where = str(Path(path).expanduser().resolve()) if path else None
+        return (name, where, dtype, resolve_device(device))
+
+    @contextmanager
+    def use(self, name: str, path: str | None = None, dtype: str = "float32", device: str = "auto"):
+        """A copy of the model, held by this job alone until the block ends."""
+        key = self.key(name, path, dtype, device)
+        with self._lock:
+            copies = self._models.get(key, [])
+            loaded = next((m for m in copies if m.lock.acquire(blocking=False)), None)
+            if loaded is None:
+                t0 = time.perf_counter()
+                loaded = load_model(name, path=path, dtype=dtype, device=device)
+                self.loads[key] = self.loads.get(key, 0) + 1
+                log.info("model %s booted in %.1fs (%s, %s; boot %d of it in process %d)", name,
+                         time.perf_counter() - t0, dtype, loaded.device, self.loads[key], os.getpid())
+                loaded.lock.acquire()
+                copies.append(loaded)
+            if self.capacity > 0:
+                self._models[key] = copies
+                self._models.move_to_end(key)  # now the most recently used
+            while len(self._models) > self.capacity:
+                self._models.popitem(last=False)  # a job still using a copy keeps its reference
+        try:
+            yield loaded
+        finally:
+            loaded.lock.release()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+            self.loads.clear()
+
+
+MODEL_CACHE = ModelCache()

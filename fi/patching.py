@@ -34,11 +34,12 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
+from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
 from fi.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
 from fi.io import progress
-from fi.readout import FINAL_RESID, ROUTE_RTOL, run_to_final_resid, unembed_tokens
+from fi.readout import FINAL_RESID, ROUTE_RTOL, run_hooked, run_to_final_resid, unembed_tokens
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
@@ -204,19 +205,29 @@ def _post_norm(block, name: str):
     return getattr(block, name, None)
 
 
-def _attn_write(block, z_flat: torch.Tensor) -> torch.Tensor:
-    """What the attention sublayer adds to the residual stream, from head outputs [N, 1, H * d_head]:
-    the output projection, then the post-attention norm where the block has one. [N, d_model]"""
+def _attn_out(block, z_flat: torch.Tensor) -> torch.Tensor:
+    """What the attention sublayer adds to the residual stream, from head outputs [N, T, H * d_head]:
+    the output projection, then the post-attention norm where the block has one. [N, T, d_model]"""
     out = block.attn.o(z_flat)
     post = _post_norm(block, "ln1_post")
-    return (out if post is None else post(out))[:, 0]
+    return out if post is None else post(out)
+
+
+def _mlp_out(block, resid: torch.Tensor) -> torch.Tensor:
+    """What the MLP sublayer adds to the residual stream [N, T, d_model] (pre-norm, MLP, post-norm)."""
+    out = block.mlp(block.ln2(resid))
+    post = _post_norm(block, "ln2_post")
+    return out if post is None else post(out)
+
+
+def _attn_write(block, z_flat: torch.Tensor) -> torch.Tensor:
+    """`_attn_out` at one position: head outputs [N, 1, H * d_head] -> [N, d_model]."""
+    return _attn_out(block, z_flat)[:, 0]
 
 
 def _mlp_write(block, resid: torch.Tensor) -> torch.Tensor:
-    """What the MLP sublayer adds to the residual stream [N, d_model] (pre-norm, MLP, post-norm)."""
-    out = block.mlp(block.ln2(resid[:, None]))
-    post = _post_norm(block, "ln2_post")
-    return (out if post is None else post(out))[:, 0]
+    """`_mlp_out` at one position: [N, d_model] -> [N, d_model]."""
+    return _mlp_out(block, resid[:, None])[:, 0]
 
 
 def _final_ld(model, resid: torch.Tensor, normal_answer: torch.Tensor, contrast_answer: torch.Tensor,
@@ -262,8 +273,7 @@ def read_ld(model, route: Route, tokens: torch.Tensor, fwd_hooks: list, last: to
         resid = run_to_final_resid(model, tokens, fwd_hooks, start_at_layer)
         rows = torch.arange(resid.shape[0], device=resid.device)
         return _ld_from_resid(model, resid[rows, last.to(resid.device)], normal_answer, contrast_answer)
-    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
-    logits = model.bridge.run_with_hooks(tokens, fwd_hooks=fwd_hooks, **kwargs)
+    logits = run_hooked(model, tokens, fwd_hooks, start_at_layer)
     return logit_diff(logits, last, normal_answer, contrast_answer)
 
 
@@ -476,12 +486,19 @@ def run_with_interventions(model, cache: RunCache, i: int, variants: Sequence[Se
         inputs = chunk.contrast.to(model.device).repeat(n_var, 1)
     with torch.inference_mode():
         if stop_at_layer is not None:
-            kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
-            model.bridge.run_with_hooks(inputs, fwd_hooks=hooks, stop_at_layer=stop_at_layer, **kwargs)
+            run_hooked(model, inputs, hooks, start_at_layer, stop_at_layer=stop_at_layer)
             return None
         ld = read_ld(model, cache.route, inputs, hooks, last.repeat(n_var), chunk.normal_answer.repeat(n_var),
                      chunk.contrast_answer.repeat(n_var), start_at_layer)
     return ld.float().cpu().reshape(n_var, b)
+
+
+def default_rows_per_pass(model) -> int:
+    """How many rows (variants x prompts) one stacked run holds by default. On a CPU a forward pass
+    costs more per row as the batch grows past a few dozen rows (a 12-layer d_model 768 model, 29
+    tokens: 0.062 s a row at 8 rows, 0.079 at 96; activation patching 38 s with 16-row passes
+    against 48 s with 256: bench/bench_peers.py), while an accelerator wants wide batches."""
+    return 16 if str(model.device).startswith("cpu") else 256
 
 
 def _blocks(items: Sequence, b: int, rows_per_pass: int):
@@ -505,7 +522,8 @@ def _per_head_mean(cache: RunCache, per_chunk_sums) -> torch.Tensor:
 def activation_patching(model, cache: RunCache, group: str | None = None, rows_per_pass: int = 256) -> torch.Tensor:
     """[layers, heads]: each head's hook_z copied from the normal run into the contrast run, at all
     positions or at a position group's; normalised. Each layer's heads run from that layer on,
-    starting from the cached contrast residual (layers below are the contrast run's)."""
+    starting from the cached contrast residual (layers below are the contrast run's); on the
+    analytic route without recomputing the patched layer's attention (`_activation_ld_analytic`)."""
     sums = []
     for i, chunk in enumerate(progress(cache.chunks, f"activation patching ({group or 'all'})")):
         mask = chunk.groups[group].to(model.device) if group else None
@@ -514,11 +532,46 @@ def activation_patching(model, cache: RunCache, group: str | None = None, rows_p
             source = cache.normal[i][z_hook(layer)]
             heads = list(range(cache.n_heads))
             for block in _blocks(heads, chunk.size, rows_per_pass):
-                variants = [[Intervention.patch(z_hook(layer), source, heads=[h], positions=mask)] for h in block]
-                ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer)
+                if cache.route.analytic_output_path:
+                    ld = _activation_ld_analytic(model, cache, i, layer, block, mask)
+                else:
+                    variants = [[Intervention.patch(z_hook(layer), source, heads=[h], positions=mask)] for h in block]
+                    ld = run_with_interventions(model, cache, i, variants, start_at_layer=layer)
                 out[[layer * cache.n_heads + h for h in block]] = ld.sum(1)
         sums.append(out)
     return _per_head_mean(cache, sums)
+
+
+def _activation_ld_analytic(model, cache: RunCache, i: int, layer: int, heads: Sequence[int],
+                            mask: torch.Tensor | None) -> torch.Tensor:
+    """LD [V, B] of activation patching of `heads` at `layer` (one variant each) on chunk i, with
+    the parts of the blocks that the route's check validated (sequential blocks: residual + attention
+    write + MLP write, post-norms included): the patched layer's attention output is its output
+    projection of the cached head outputs with one head's replaced (its queries, keys and values are
+    the contrast run's, so they need no recomputing), and the last layer's MLP runs at the read
+    position only. The layers between run as usual."""
+    chunk = cache.chunks[i]
+    b, last = chunk.size, chunk.last
+    blocks, n_layers, n_var = model.bridge.blocks, cache.n_layers, len(heads)
+    c = cache.contrast[i]
+    z = c[z_hook(layer)].unsqueeze(0).repeat(n_var, 1, 1, 1, 1)  # [V, B, T, H, d_head]
+    normal = cache.normal[i][z_hook(layer)]
+    for v, h in enumerate(heads):
+        z[v, :, :, h] = normal[:, :, h] if mask is None else torch.where(mask[..., None], normal[:, :, h], z[v, :, :, h])
+    pre = c[f"blocks.{layer}.hook_resid_pre"].repeat(n_var, 1, 1)
+    with torch.inference_mode():
+        mid = pre + _attn_out(blocks[layer], z.flatten(-2).reshape(n_var * b, z.shape[2], -1))
+        if layer < n_layers - 1:
+            resid = mid + _mlp_out(blocks[layer], mid)
+
+            def stop(x, hook):
+                raise StopAtLayerException(x)
+            mid = run_hooked(model, resid, [(f"blocks.{n_layers - 1}.hook_resid_mid", stop)], layer + 1)
+        at = mid[torch.arange(n_var * b), last.repeat(n_var)]  # [V * B, d_model]
+        final = at + _mlp_write(blocks[n_layers - 1], at)
+        ld = _final_ld(model, final, chunk.normal_answer.repeat(n_var), chunk.contrast_answer.repeat(n_var),
+                       cache.route.residual_readout)
+    return ld.float().cpu().reshape(n_var, b)
 
 
 def patched_effect(model, cache: RunCache, heads: Sequence[Head]) -> float:
@@ -587,10 +640,11 @@ def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver 
     in) is stacked over the receivers of one layer. A sender at or above a receiver's layer cannot
     reach its input: its score is exactly 0 (run 2 is then the clean contrast run).
 
-    With grouped-query attention a value input belongs to one query head, as in an ungrouped model
-    (TransformerLens' `ungroup_grouped_query_attention`): only that head sees the patched values
-    (`value_seen_by_one_head`). A key input stays its key-value group's (every head of the group
-    sees it): the pattern would have to be recomputed inside the attention for one head alone."""
+    With grouped-query attention each receiver is one query head's input, as in the paper's ungrouped
+    model (TransformerLens' `set_ungroup_grouped_query_attention(True)`, where every query head has
+    its own copy of its group's keys and values): only that head sees the patched values
+    (`value_seen_by_one_head`) or keys (`key_seen_by_one_head`); the other heads of its key-value
+    group keep their clean outputs."""
     receivers = list(dict.fromkeys(Receiver.parse(r) if isinstance(r, str) else r for r in receivers))
     if any(r.is_output for r in receivers):
         raise ValueError("path_patching_to_heads: receivers are head inputs (L.H.q|k|v); "
@@ -622,7 +676,7 @@ def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver 
                 for at in sorted({r.layer for r in reached}):
                     pairs = [(r, v) for r in reached if r.layer == at for v in range(len(block))]
                     for part in _blocks(pairs, b, rows_per_pass):
-                        variants, one_head_values = [], []
+                        variants, one_head_values, one_head_keys = [], [], []
                         for k, (r, v) in enumerate(part):
                             x = captured[qkv_hook(r.layer, r.which)][v * b:(v + 1) * b]
                             if r.which == "v" and group > 1:
@@ -630,8 +684,11 @@ def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver 
                                 one_head_values.append((k, r.head, x[:, :, index[r]]))
                             else:
                                 variants.append([Intervention.patch(qkv_hook(r.layer, r.which), x, heads=[index[r]])])
-                        ld = run_with_interventions(model, cache, i, variants, start_at_layer=at,
-                                                    extra_hooks=value_seen_by_one_head(at, one_head_values, b))
+                                if r.which == "k" and group > 1:
+                                    one_head_keys.append((k, r.head))
+                        hooks = (value_seen_by_one_head(at, one_head_values, b)
+                                 + key_seen_by_one_head(at, one_head_keys, b, group, cache.contrast[i][z_hook(at)]))
+                        ld = run_with_interventions(model, cache, i, variants, start_at_layer=at, extra_hooks=hooks)
                         for (r, v), total in zip(part, ld.sum(1)):
                             out[r][layer * cache.n_heads + block[v]] = total
         for r in receivers:
@@ -662,6 +719,28 @@ def value_seen_by_one_head(layer: int, values: Sequence[tuple[int, int, torch.Te
             z[rows, :, head] = torch.einsum("bts,bsd->btd", store["pattern"][rows, head].to(z.dtype), v.to(z.dtype))
         return z
     return [(pattern_hook(layer), keep_pattern), (z_hook(layer), one_head)]
+
+
+def key_seen_by_one_head(layer: int, keys: Sequence[tuple[int, int]], b: int, group: int,
+                         clean_z: torch.Tensor) -> list:
+    """Hook for run 2 of path patching to single query heads' key inputs under grouped-query
+    attention, for the stacked variants `keys` = (variant k, query head) whose rows patch the key of
+    that head's whole key-value group: the other heads of the group get back their clean outputs
+    (`clean_z` [B, T, H, d_head], the contrast run's, cached), so only the receiver's pattern sees the
+    patched keys, as in the ungrouped model. Exact because run 2 starts at this layer from the clean
+    residual: a head's output there depends on the patched key only through its own pattern."""
+    if not keys:
+        return []
+
+    def others_clean(z, hook):
+        z = z.clone()
+        for k, head in keys:
+            rows = slice(k * b, (k + 1) * b)
+            first = head - head % group
+            others = [h for h in range(first, first + group) if h != head]
+            z[rows, :, others] = clean_z[:, :, others].to(z.dtype)
+        return z
+    return [(z_hook(layer), others_clean)]
 
 
 def _path_output_analytic(model, cache: RunCache, i: int) -> torch.Tensor:
@@ -759,12 +838,12 @@ class Patcher:
     `normal_cache` (the normal run only: attribution patching alone needs no more,
     so it costs one normal pass and its own gradient pass)."""
 
-    def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int = 256,
+    def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int | None = None,
                  route: Route | None = None):
         self.model = model
         self.data = data
         self.batch_size = batch_size
-        self.rows_per_pass = rows_per_pass
+        self.rows_per_pass = rows_per_pass or default_rows_per_pass(model)
         self._given_route = route
 
     def with_route(self, **changes) -> Patcher:
@@ -800,6 +879,9 @@ class Patcher:
 
     def path_patching(self, receiver: Receiver | str = RECEIVER_OUTPUT) -> torch.Tensor:
         return path_patching(self.model, self.cache, receiver, self.rows_per_pass)
+
+    def path_patching_to_heads(self, receivers: Sequence[Receiver | str]) -> dict[Receiver, torch.Tensor]:
+        return path_patching_to_heads(self.model, self.cache, receivers, self.rows_per_pass)
 
     def attribution_patching(self) -> torch.Tensor:
         return attribution_patching(self.model, self.normal_cache)

@@ -12,6 +12,8 @@ falls back to full logits.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
@@ -52,12 +54,43 @@ def unembed_tokens(model, resid: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     return logits
 
 
+def _pass_hidden_states(*args, **kwargs):
+    return args[0] if args else kwargs["hidden_states"]
+
+
+@contextmanager
+def _blocks_skipped(bridge, below: int):
+    """TransformerBridge's `start_at_layer=k` feeds the residual to the HF model as inputs_embeds,
+    runs blocks 0..k-1 on it and then swaps the residual back in at block k, discarding what they
+    computed: k/L of a forward pass spent for nothing (measured: a run from layer 6 of 12 cost as
+    much as a full one). Meanwhile each of those blocks hands its input on unchanged (every decoder
+    layer of transformers 5 takes and returns the hidden states as a tensor)."""
+    skipped = list(bridge.blocks)[:below]
+    for block in skipped:
+        # an instance attribute, which nn.Module.__call__ finds before the class's forward (set on
+        # the object itself: the bridge's __setattr__ would pass it on to the HF module)
+        object.__setattr__(block, "forward", _pass_hidden_states)
+    try:
+        yield
+    finally:
+        for block in skipped:
+            object.__delattr__(block, "forward")
+
+
+def run_hooked(model, inputs: torch.Tensor, fwd_hooks=(), start_at_layer: int | None = None, **kwargs):
+    """`bridge.run_with_hooks`; with `start_at_layer`, `inputs` is the residual [B, T, d_model]
+    entering that layer and only the blocks from it up run (hooks below it never fire)."""
+    if start_at_layer is None:
+        return model.bridge.run_with_hooks(inputs, fwd_hooks=list(fwd_hooks), **kwargs)
+    with _blocks_skipped(model.bridge, start_at_layer):
+        return model.bridge.run_with_hooks(inputs, fwd_hooks=list(fwd_hooks), start_at_layer=start_at_layer, **kwargs)
+
+
 def run_to_final_resid(model, tokens: torch.Tensor, fwd_hooks: list = (), start_at_layer: int | None = None) -> torch.Tensor:
     """The final residual stream [B, T, d_model] of a (hooked) run, without the unembedding."""
     def stop(resid, hook):
         raise StopAtLayerException(resid)
-    kwargs = {} if start_at_layer is None else {"start_at_layer": start_at_layer}
-    return model.bridge.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks) + [(FINAL_RESID, stop)], **kwargs)
+    return run_hooked(model, tokens, list(fwd_hooks) + [(FINAL_RESID, stop)], start_at_layer)
 
 
 def residual_readout_holds(model, tokens: torch.Tensor, positions: torch.Tensor, compared: torch.Tensor) -> bool:

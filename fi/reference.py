@@ -44,12 +44,15 @@ def reference_baselines(model, data: PatchingData, batch: int = 4):
     return float(torch.cat(n).mean()), float(torch.cat(c).mean())
 
 
-def head_receiver_logits(bridge, contrast, run1_hooks, receiver: Receiver, n_heads: int, n_kv: int) -> torch.Tensor:
+def head_receiver_logits(bridge, contrast, run1_hooks, receiver: Receiver, n_heads: int, n_kv: int,
+                         clean_z: torch.Tensor | None = None) -> torch.Tensor:
     """Path patching's two passes to a head's q / k / v input, plainly: run 1 (`run1_hooks`, the
     frozen heads and the sender's normal z) captures the receiver's input, run 2 is a clean contrast
-    run with that input patched in; run 2's logits. Under grouped-query attention a value input is
-    one query head's (as in the ungrouped model): that head's output is its unchanged pattern times
-    the patched values. A key input is its key-value group's."""
+    run with that input patched in; run 2's logits. Under grouped-query attention the input is one
+    query head's, as in the paper's ungrouped model: with a patched value input that head's output is
+    its unchanged pattern times the patched values; with a patched key input the group's key is
+    patched and the group's other heads are given back their clean outputs (`clean_z`, the clean
+    contrast run's hook_z at the receiver's layer). Tests check both against the ungrouped copy."""
     which = receiver.head if receiver.which == "q" else receiver.head // (n_heads // n_kv)
     name = qkv_hook(receiver.layer, receiver.which)
     store = {}
@@ -70,8 +73,17 @@ def head_receiver_logits(bridge, contrast, run1_hooks, receiver: Receiver, n_hea
     def head_z(z, hook):
         z[:, :, receiver.head] = store["p"] @ store["x"]
         return z
+    group = n_heads // n_kv
+    first = receiver.head - receiver.head % group
+    others = [h for h in range(first, first + group) if h != receiver.head]
+
+    def others_clean(z, hook):
+        z[:, :, others] = clean_z[:, :, others]
+        return z
     if receiver.which == "v" and n_kv < n_heads:
         fwd = [(pattern_hook(receiver.layer), keep), (z_hook(receiver.layer), head_z)]
+    elif receiver.which == "k" and n_kv < n_heads:
+        fwd = [(name, put), (z_hook(receiver.layer), others_clean)]
     else:
         fwd = [(name, put)]
     return bridge.run_with_hooks(contrast, fwd_hooks=fwd)
@@ -98,7 +110,8 @@ def reference_path_patching(model, data: PatchingData, receiver: Receiver | str 
                     if receiver.is_output:  # pass 1 is the whole story
                         logits = b.run_with_hooks(contrast, fwd_hooks=hooks)
                     else:
-                        logits = head_receiver_logits(b, contrast, hooks, receiver, H, n_kv)
+                        logits = head_receiver_logits(b, contrast, hooks, receiver, H, n_kv,
+                                                      cache_c[z_hook(receiver.layer)])
                 total += float(_ld(model, chunk, logits).sum())
             out[layer, head] = total / data.size
     return (out - ld_c) / (ld_c - ld_n)

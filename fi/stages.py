@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -36,27 +37,22 @@ def train_model(train: dict, output: str, threads: int | None = None) -> None:
 def evaluate(model: dict, task: str, variant: str, shots: int, dataset: str, output: str,
              batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
     """Score one cell; writes per-example rows keyed by model, task, variant fields and shots."""
-    import torch
-
     from fi.evaluation import evaluate_task
-    from fi.models import load_model
 
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    loaded = load_model(model["name"], path=model["path"], dtype=model["dtype"], device=device)
-    t1 = time.perf_counter()
-    family = get_family(task)
-    v = family.parse_variant(variant)
-    df = evaluate_task(loaded, family, v, read_jsonl(dataset), int(shots), batch_size=batch_size)
-    t2 = time.perf_counter()
-    keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
-    for i, (k, val) in enumerate(keys.items()):
-        df.insert(i, k, val)
-    write_parquet(df, output)
-    log.info("%s %s %s shots=%s: cf_acc %.3f orig_acc %.3f (load %.1fs, eval %.1fs)", model["name"],
-             task, variant, shots, df["cf_correct"].mean(), df["orig_correct"].mean(), t1 - t0, t2 - t1)
-    return df
+    with model_in_use(model, device, threads) as loaded:
+        t1 = time.perf_counter()
+        family = get_family(task)
+        v = family.parse_variant(variant)
+        df = evaluate_task(loaded, family, v, read_jsonl(dataset), int(shots), batch_size=batch_size)
+        t2 = time.perf_counter()
+        keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+        for i, (k, val) in enumerate(keys.items()):
+            df.insert(i, k, val)
+        write_parquet(df, output)
+        log.info("%s %s %s shots=%s: cf_acc %.3f orig_acc %.3f (load %.1fs, eval %.1fs)", model["name"],
+                 task, variant, shots, df["cf_correct"].mean(), df["orig_correct"].mean(), t1 - t0, t2 - t1)
+        return df
 
 
 def aggregate(cells: list[str], table: str, paper: str, predictions: str) -> pd.DataFrame:
@@ -163,14 +159,19 @@ class _JobStderr:
 
 # ---- circuit discovery (issue: head attribution) --------------------------------------------------
 
-def _load(model: dict, device: str, threads: int | None):
+@contextmanager
+def model_in_use(model: dict, device: str, threads: int | None):
+    """The model entry's loaded model, for the duration of a job: from the process's model cache
+    (`fi.models.MODEL_CACHE`: jobs that share a process load each model once) and held alone (no
+    other job hooks it meanwhile)."""
     import torch
 
-    from fi.models import load_model
+    from fi.models import MODEL_CACHE
 
     if threads:
         torch.set_num_threads(threads)
-    return load_model(model["name"], path=model["path"], dtype=model["dtype"], device=device)
+    with MODEL_CACHE.use(model["name"], path=model["path"], dtype=model["dtype"], device=device) as loaded:
+        yield loaded
 
 
 def attribute(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, attribution: dict,
@@ -178,56 +179,56 @@ def attribute(model: dict, task: str, variant: str, shots: int, dataset: str, ou
     """Every configured attribution method on one cell -> a long layer x head table."""
     from fi.patching import POSITION_GROUPS, Patcher, build_patching_data
 
-    loaded = _load(model, device, threads)
-    family = get_family(task)
-    v = family.parse_variant(variant)
-    data = build_patching_data(loaded, family, v, read_jsonl(dataset), int(shots), attribution["max_examples"])
-    t0 = time.perf_counter()
-    patcher = Patcher(loaded, data, batch_size=attribution["batch_size"])
-    tables = []
+    with model_in_use(model, device, threads) as loaded:
+        family = get_family(task)
+        v = family.parse_variant(variant)
+        data = build_patching_data(loaded, family, v, read_jsonl(dataset), int(shots), attribution["max_examples"])
+        t0 = time.perf_counter()
+        patcher = Patcher(loaded, data, batch_size=attribution["batch_size"])
+        tables = []
 
-    def add(method, receiver, group, scores):
-        df = pd.DataFrame([(layer, head, float(scores[layer, head])) for layer in range(scores.shape[0])
-                           for head in range(scores.shape[1])], columns=["layer", "head", "score"])
-        df.insert(0, "method", method)
-        df.insert(1, "receiver", receiver)
-        df.insert(2, "positions", group)
-        tables.append(df)
+        def add(method, receiver, group, scores):
+            df = pd.DataFrame([(layer, head, float(scores[layer, head])) for layer in range(scores.shape[0])
+                               for head in range(scores.shape[1])], columns=["layer", "head", "score"])
+            df.insert(0, "method", method)
+            df.insert(1, "receiver", receiver)
+            df.insert(2, "positions", group)
+            tables.append(df)
 
-    methods = attribution["methods"]
-    if "path" in methods:
-        for receiver in attribution["receivers"]:
-            add("path", receiver, "all", patcher.path_patching(receiver))
-    if "activation" in methods:
-        add("activation", "output", "all", patcher.activation_patching())
-        if attribution["position_groups"]:
-            for group in POSITION_GROUPS:
-                add("activation", "output", group, patcher.activation_patching(group))
-    if "attribution" in methods:
-        add("attribution", "output", "all", patcher.attribution_patching())
-    out = pd.concat(tables, ignore_index=True)
-    keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
-    for i, (k, val) in enumerate(keys.items()):
-        out.insert(i, k, val)
-    out["n_examples"] = data.size
-    out["n_dropped"] = data.n_dropped
-    out["ld_normal"] = patcher.ld_normal
-    out["ld_contrast"] = patcher.ld_contrast
-    write_parquet(out, output)
-    log.info("%s %s %s shots=%s: %d examples (%d dropped), LD normal %.3f contrast %.3f, %.1fs",
-             model["name"], task, variant, shots, data.size, data.n_dropped, patcher.ld_normal,
-             patcher.ld_contrast, time.perf_counter() - t0)
-    return out
+        methods = attribution["methods"]
+        if "path" in methods:
+            for receiver in attribution["receivers"]:
+                add("path", receiver, "all", patcher.path_patching(receiver))
+        if "activation" in methods:
+            add("activation", "output", "all", patcher.activation_patching())
+            if attribution["position_groups"]:
+                for group in POSITION_GROUPS:
+                    add("activation", "output", group, patcher.activation_patching(group))
+        if "attribution" in methods:
+            add("attribution", "output", "all", patcher.attribution_patching())
+        out = pd.concat(tables, ignore_index=True)
+        keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+        for i, (k, val) in enumerate(keys.items()):
+            out.insert(i, k, val)
+        out["n_examples"] = data.size
+        out["n_dropped"] = data.n_dropped
+        out["ld_normal"] = patcher.ld_normal
+        out["ld_contrast"] = patcher.ld_contrast
+        write_parquet(out, output)
+        log.info("%s %s %s shots=%s: %d examples (%d dropped), LD normal %.3f contrast %.3f, %.1fs",
+                 model["name"], task, variant, shots, data.size, data.n_dropped, patcher.ld_normal,
+                 patcher.ld_contrast, time.perf_counter() - t0)
+        return out
 
 
 def head_types(model: dict, output: str, params: dict, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
     from fi.heads import head_type_scores
 
-    loaded = _load(model, device, threads)
-    df = head_type_scores(loaded, **params)
-    df.insert(0, "model", model["name"])
-    write_parquet(df, output)
-    return df
+    with model_in_use(model, device, threads) as loaded:
+        df = head_type_scores(loaded, **params)
+        df.insert(0, "model", model["name"])
+        write_parquet(df, output)
+        return df
 
 
 def discover_heads(model: dict, output: str, discovery: dict, explicit: list | None = None,
@@ -258,12 +259,12 @@ def discover_heads(model: dict, output: str, discovery: dict, explicit: list | N
                       threshold=discovery["threshold"], method=discovery["method"], heads=[list(h) for h in heads],
                       scores=sel.sort_values("score")[["layer", "head", "score"]].to_dict("records"))
     if dataset and heads:
-        loaded = _load(model, device, threads)
-        family = get_family(cell["task"])
-        v = family.parse_variant(cell["variant"])
-        df = ablated_scores(loaded, family, v, read_jsonl(dataset), int(cell["shots"]), heads, "patch")
-        result["patched_gives_plain_answer"] = float(df["orig_correct"].mean())
-        result["patched_gives_contrast_answer"] = float(df["cf_correct"].mean())
+        with model_in_use(model, device, threads) as loaded:
+            family = get_family(cell["task"])
+            v = family.parse_variant(cell["variant"])
+            df = ablated_scores(loaded, family, v, read_jsonl(dataset), int(cell["shots"]), heads, "patch")
+            result["patched_gives_plain_answer"] = float(df["orig_correct"].mean())
+            result["patched_gives_contrast_answer"] = float(df["cf_correct"].mean())
     write_json(result, output)
     log.info("%s: FI heads %s (%s)", model["name"], heads, result["source"])
     return result
@@ -277,36 +278,36 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
     from fi.ablation import ablated_scores, random_head_sets
     from fi.tables import summarise_cell
 
-    loaded = _load(model, device, threads)
-    family = get_family(task)
-    v = family.parse_variant(variant)
-    records = read_jsonl(dataset)
-    fi_heads = [tuple(h) for h in json.loads(Path(heads_file).read_text())["heads"]]
-    sets = [("none", 0, [])]
-    if fi_heads:
-        sets.append(("fi", 0, fi_heads))
-        randoms = random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
-                                   ablation["seed"], ablation["layer_matched"], exclude=fi_heads)
-        sets += [("random", i, s) for i, s in enumerate(randoms)]
-    keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
-    rows = []
-    baseline = None
-    for mode in ablation["modes"]:
-        for kind, index, heads in sets:
-            if kind == "none" and baseline is not None:
-                per_example = baseline
-            else:
-                per_example = ablated_scores(loaded, family, v, records, int(shots), heads, mode, batch_size)
-                if kind == "none":
-                    baseline = per_example
-            row = summarise_cell(per_example, {**keys, "mode": mode, "head_set": kind, "set_index": index,
-                                               "heads": json.dumps([list(h) for h in heads])})
-            rows.append(row)
-    out = pd.DataFrame(rows)
-    write_parquet(out, output)
-    log.info("%s %s %s shots=%s: %d head sets x %d modes", model["name"], task, variant, shots, len(sets),
-             len(ablation["modes"]))
-    return out
+    with model_in_use(model, device, threads) as loaded:
+        family = get_family(task)
+        v = family.parse_variant(variant)
+        records = read_jsonl(dataset)
+        fi_heads = [tuple(h) for h in json.loads(Path(heads_file).read_text())["heads"]]
+        sets = [("none", 0, [])]
+        if fi_heads:
+            sets.append(("fi", 0, fi_heads))
+            randoms = random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
+                                       ablation["seed"], ablation["layer_matched"], exclude=fi_heads)
+            sets += [("random", i, s) for i, s in enumerate(randoms)]
+        keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+        rows = []
+        baseline = None
+        for mode in ablation["modes"]:
+            for kind, index, heads in sets:
+                if kind == "none" and baseline is not None:
+                    per_example = baseline
+                else:
+                    per_example = ablated_scores(loaded, family, v, records, int(shots), heads, mode, batch_size)
+                    if kind == "none":
+                        baseline = per_example
+                row = summarise_cell(per_example, {**keys, "mode": mode, "head_set": kind, "set_index": index,
+                                                   "heads": json.dumps([list(h) for h in heads])})
+                rows.append(row)
+        out = pd.DataFrame(rows)
+        write_parquet(out, output)
+        log.info("%s %s %s shots=%s: %d head sets x %d modes", model["name"], task, variant, shots, len(sets),
+                 len(ablation["modes"]))
+        return out
 
 
 def aggregate_attribution(cells: list[str], head_types_files: list[str], heads_files: list[str], output: str,
@@ -386,35 +387,35 @@ def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str,
     from fi.io import write_json
 
     t0 = time.perf_counter()
-    loaded = _load(model, device, threads)
-    cell = {"task": task, "variant": variant, "shots": int(shots)}
-    cache, v = _circuit_cache(loaded, task, variant, shots, read_jsonl(dataset), circuit["max_examples"],
-                              circuit["batch_size"])
-    if not explicit:
-        check_ld_gap(f"{model['name']}: circuit selection", cell, cache.mean_ld_normal, cache.mean_ld_contrast,
-                     min_ld_gap)
-    selection = fc.Selection.from_config(circuit["selection"])
-    stats = fc.attention_statistics(loaded, cache)
-    edges, direct = fc.iterated_path_patching(loaded, cache, selection, circuit["depth"], circuit["inputs"])
-    found = fc.classify(edges, stats, circuit["attention_threshold"])
-    gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
-    result = {"model": model["name"], "cell": cell,
-              "n_layers": loaded.n_layers, "n_heads": loaded.n_heads, "n_examples": cache.data.size,
-              "n_dropped": cache.data.n_dropped, "ld_normal": cache.mean_ld_normal,
-              "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap, "low_ld_gap": gap < min_ld_gap,
-              "route": vars(cache.route),
-              "params": {"selection": vars(selection), "depth": circuit["depth"], "inputs": circuit["inputs"],
-                         "attention_threshold": circuit["attention_threshold"]},
-              "source": "config" if explicit else "discovery",
-              "groups": explicit or found["groups"], "discovered_groups": found["groups"], "other": found["other"],
-              "positions": dict(fc.GROUP_POSITIONS),
-              "edges": [{**e.as_dict(), "tier": selection.tier(e.score)} for e in edges],
-              "heads": [{"layer": layer, "head": head, "direct_effect": float(direct[layer, head]),
-                         **stats[(layer, head)]} for layer in range(loaded.n_layers) for head in range(loaded.n_heads)]}
-    write_json(result, output)
-    log.info("%s %s %s shots=%s: circuit %s (%.1fs)", model["name"], task, variant, shots, result["groups"],
-             time.perf_counter() - t0)
-    return result
+    with model_in_use(model, device, threads) as loaded:
+        cell = {"task": task, "variant": variant, "shots": int(shots)}
+        cache, v = _circuit_cache(loaded, task, variant, shots, read_jsonl(dataset), circuit["max_examples"],
+                                  circuit["batch_size"])
+        if not explicit:
+            check_ld_gap(f"{model['name']}: circuit selection", cell, cache.mean_ld_normal, cache.mean_ld_contrast,
+                         min_ld_gap)
+        selection = fc.Selection.from_config(circuit["selection"])
+        stats = fc.attention_statistics(loaded, cache)
+        edges, direct = fc.iterated_path_patching(loaded, cache, selection, circuit["depth"], circuit["inputs"])
+        found = fc.classify(edges, stats, circuit["attention_threshold"])
+        gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
+        result = {"model": model["name"], "cell": cell,
+                  "n_layers": loaded.n_layers, "n_heads": loaded.n_heads, "n_examples": cache.data.size,
+                  "n_dropped": cache.data.n_dropped, "ld_normal": cache.mean_ld_normal,
+                  "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap, "low_ld_gap": gap < min_ld_gap,
+                  "route": vars(cache.route),
+                  "params": {"selection": vars(selection), "depth": circuit["depth"], "inputs": circuit["inputs"],
+                             "attention_threshold": circuit["attention_threshold"]},
+                  "source": "config" if explicit else "discovery",
+                  "groups": explicit or found["groups"], "discovered_groups": found["groups"], "other": found["other"],
+                  "positions": dict(fc.GROUP_POSITIONS),
+                  "edges": [{**e.as_dict(), "tier": selection.tier(e.score)} for e in edges],
+                  "heads": [{"layer": layer, "head": head, "direct_effect": float(direct[layer, head]),
+                             **stats[(layer, head)]} for layer in range(loaded.n_layers) for head in range(loaded.n_heads)]}
+        write_json(result, output)
+        log.info("%s %s %s shots=%s: circuit %s (%.1fs)", model["name"], task, variant, shots, result["groups"],
+                 time.perf_counter() - t0)
+        return result
 
 
 def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, attention_plot: str,
@@ -426,11 +427,11 @@ def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, att
 
     found = json.loads(Path(circuit_file).read_text())
     plot_circuit(found, diagram)
-    loaded = _load(model, device, threads)
-    cell = found["cell"]
-    cache, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], read_jsonl(dataset),
-                              circuit["max_examples"], circuit["batch_size"])
-    _attention_views(loaded, cache, found["groups"], attention_plot, attention_html)
+    with model_in_use(model, device, threads) as loaded:
+        cell = found["cell"]
+        cache, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], read_jsonl(dataset),
+                                  circuit["max_examples"], circuit["batch_size"])
+        _attention_views(loaded, cache, found["groups"], attention_plot, attention_html)
 
 
 def _attention_views(loaded, cache, groups: dict, static: str, html: str, n_prompts: int = 3) -> None:
@@ -493,48 +494,48 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
     t0 = time.perf_counter()
     found = json.loads(Path(circuit_file).read_text())
     cell = found["cell"]
-    loaded = _load(model, device, threads)
-    records = read_jsonl(dataset)
-    heldout = circuit["heldout"]
-    in_sample, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], records,
-                                  circuit["max_examples"], circuit["batch_size"])
-    held, _ = _circuit_cache(loaded, cell["task"], cell["variant"], heldout["shots"],
-                             heldout_records(cell["task"], cell["variant"], generation, heldout, records),
-                             heldout["max_examples"], circuit["batch_size"])
-    groups = found["groups"]
-    everything = {"everywhere": [[a, b] for a in range(loaded.n_layers) for b in range(loaded.n_heads)]}
+    with model_in_use(model, device, threads) as loaded:
+        records = read_jsonl(dataset)
+        heldout = circuit["heldout"]
+        in_sample, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], records,
+                                      circuit["max_examples"], circuit["batch_size"])
+        held, _ = _circuit_cache(loaded, cell["task"], cell["variant"], heldout["shots"],
+                                 heldout_records(cell["task"], cell["variant"], generation, heldout, records),
+                                 heldout["max_examples"], circuit["batch_size"])
+        groups = found["groups"]
+        everything = {"everywhere": [[a, b] for a in range(loaded.n_layers) for b in range(loaded.n_heads)]}
 
-    def faithfulness(cache) -> dict:
-        # the circuit, the model, the empty set and each group alone: one stacked call
-        named = [g for g, hs in groups.items() if hs]
-        f_circuit, f_model, f_empty, *f_groups = fc.faithfulness_many(
-            loaded, cache, [(fc.circuit_heads(groups), ()), (fc.circuit_heads(everything), ()), ([], ())]
-            + [(fc.circuit_heads({g: groups[g]}), ()) for g in named])
-        gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
-        return {"circuit": f_circuit, "model": f_model, "empty": f_empty, "n_examples": cache.data.size,
-                "by_group": dict(zip(named, f_groups)),
-                "ld_normal": cache.mean_ld_normal, "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap,
-                "low_ld_gap": gap < min_ld_gap}
-    search = circuit["completeness"]
-    completeness = fc.completeness_search(loaded, held, groups, search["rollouts"], search["steps"],
-                                          search["candidates"], search["seed"], search["n_random"],
-                                          search["random_size"])
-    minimal = fc.minimality(loaded, held, groups, [r["k"] for r in completeness["rollouts"]])
-    result = {"model": model["name"], "cell": cell,
-              "heldout_cell": {"task": cell["task"], "variant": cell["variant"], "shots": int(heldout["shots"])},
-              "groups": groups,
-              "faithfulness": {"in_sample": faithfulness(in_sample), "heldout": faithfulness(held)},
-              "completeness": completeness, "minimality": minimal, "search": search,
-              "seconds": time.perf_counter() - t0}
-    write_json(result, output)
-    write_json(fc.paper_completeness_json(completeness["rollouts"]), paper_json)
-    f = result["faithfulness"]
-    log.info("%s: F(C) %.3f in-sample (%d prompts, %d shots), %.3f held out (%d prompts, %d shots); completeness: "
-             "%d distinct K, max |LD(C\\K) - LD(M\\K)| %.3f (%.1fs)", model["name"], f["in_sample"]["circuit"],
-             f["in_sample"]["n_examples"], cell["shots"], f["heldout"]["circuit"], f["heldout"]["n_examples"],
-             heldout["shots"], completeness["n_distinct_k"],
-             max([r["difference"] for r in completeness["rollouts"]] or [0.0]), result["seconds"])
-    return result
+        def faithfulness(cache) -> dict:
+            # the circuit, the model, the empty set and each group alone: one stacked call
+            named = [g for g, hs in groups.items() if hs]
+            f_circuit, f_model, f_empty, *f_groups = fc.faithfulness_many(
+                loaded, cache, [(fc.circuit_heads(groups), ()), (fc.circuit_heads(everything), ()), ([], ())]
+                + [(fc.circuit_heads({g: groups[g]}), ()) for g in named])
+            gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
+            return {"circuit": f_circuit, "model": f_model, "empty": f_empty, "n_examples": cache.data.size,
+                    "by_group": dict(zip(named, f_groups)),
+                    "ld_normal": cache.mean_ld_normal, "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap,
+                    "low_ld_gap": gap < min_ld_gap}
+        search = circuit["completeness"]
+        completeness = fc.completeness_search(loaded, held, groups, search["rollouts"], search["steps"],
+                                              search["candidates"], search["seed"], search["n_random"],
+                                              search["random_size"])
+        minimal = fc.minimality(loaded, held, groups, [r["k"] for r in completeness["rollouts"]])
+        result = {"model": model["name"], "cell": cell,
+                  "heldout_cell": {"task": cell["task"], "variant": cell["variant"], "shots": int(heldout["shots"])},
+                  "groups": groups,
+                  "faithfulness": {"in_sample": faithfulness(in_sample), "heldout": faithfulness(held)},
+                  "completeness": completeness, "minimality": minimal, "search": search,
+                  "seconds": time.perf_counter() - t0}
+        write_json(result, output)
+        write_json(fc.paper_completeness_json(completeness["rollouts"]), paper_json)
+        f = result["faithfulness"]
+        log.info("%s: F(C) %.3f in-sample (%d prompts, %d shots), %.3f held out (%d prompts, %d shots); completeness: "
+                 "%d distinct K, max |LD(C\\K) - LD(M\\K)| %.3f (%.1fs)", model["name"], f["in_sample"]["circuit"],
+                 f["in_sample"]["n_examples"], cell["shots"], f["heldout"]["circuit"], f["heldout"]["n_examples"],
+                 heldout["shots"], completeness["n_distinct_k"],
+                 max([r["difference"] for r in completeness["rollouts"]] or [0.0]), result["seconds"])
+        return result
 
 
 def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], output: str, ablation: dict,
@@ -547,40 +548,40 @@ def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], 
     from fi.ablation import ablated_scores, random_head_sets
 
     circuits = [json.loads(Path(p).read_text()) for p in circuit_files]
-    loaded = _load(model, device, threads)
-    records = {c["cell"]["task"]: read_jsonl(d) for c, d in zip(circuits, datasets)}
-    by_task = {c["cell"]["task"]: c for c in circuits}
-    base = {}
-    for task, c in by_task.items():
-        family = get_family(task)
-        v = family.parse_variant(c["cell"]["variant"])
-        base[task] = (family, v, float(ablated_scores(loaded, family, v, records[task], c["cell"]["shots"], [],
-                                                      batch_size=batch_size)["cf_correct"].mean()))
-    rows = []
-    for a, ca in by_task.items():
-        fi_heads = [tuple(h) for h in ca["groups"].get("function_induction", [])]
-        try:
-            randoms = (random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
-                                        ablation["seed"], exclude=fi_heads) if fi_heads else [])
-        except ValueError:  # too few heads outside the set (a tiny model): no random baseline
-            randoms = []
-        for b, cb in by_task.items():
-            family, v, cf_base = base[b]
-            shots = cb["cell"]["shots"]
+    with model_in_use(model, device, threads) as loaded:
+        records = {c["cell"]["task"]: read_jsonl(d) for c, d in zip(circuits, datasets)}
+        by_task = {c["cell"]["task"]: c for c in circuits}
+        base = {}
+        for task, c in by_task.items():
+            family = get_family(task)
+            v = family.parse_variant(c["cell"]["variant"])
+            base[task] = (family, v, float(ablated_scores(loaded, family, v, records[task], c["cell"]["shots"], [],
+                                                          batch_size=batch_size)["cf_correct"].mean()))
+        rows = []
+        for a, ca in by_task.items():
+            fi_heads = [tuple(h) for h in ca["groups"].get("function_induction", [])]
+            try:
+                randoms = (random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
+                                            ablation["seed"], exclude=fi_heads) if fi_heads else [])
+            except ValueError:  # too few heads outside the set (a tiny model): no random baseline
+                randoms = []
+            for b, cb in by_task.items():
+                family, v, cf_base = base[b]
+                shots = cb["cell"]["shots"]
 
-            def drop(heads, family=family, v=v, shots=shots, b=b, cf_base=cf_base):
-                df = ablated_scores(loaded, family, v, records[b], shots, heads, "patch", batch_size)
-                return cf_base - float(df["cf_correct"].mean())
-            share = fc.overlap(ca["groups"], cb["groups"])
-            rows.append({"model": model["name"], "family_a": a, "family_b": b, "cell_b": cb["cell"]["variant"],
-                         **{f"overlap_{g}": s for g, s in share.items()}, "fi_heads_a": json.dumps(fi_heads),
-                         "cf_acc_b": cf_base,
-                         "fi_ablation_cf_drop": drop(fi_heads) if fi_heads else float("nan"),
-                         "random_ablation_cf_drop": (sum(drop(s) for s in randoms) / len(randoms)) if randoms
-                         else float("nan")})
-    out = pd.DataFrame(rows)
-    write_parquet(out, output)
-    return out
+                def drop(heads, family=family, v=v, shots=shots, b=b, cf_base=cf_base):
+                    df = ablated_scores(loaded, family, v, records[b], shots, heads, "patch", batch_size)
+                    return cf_base - float(df["cf_correct"].mean())
+                share = fc.overlap(ca["groups"], cb["groups"])
+                rows.append({"model": model["name"], "family_a": a, "family_b": b, "cell_b": cb["cell"]["variant"],
+                             **{f"overlap_{g}": s for g, s in share.items()}, "fi_heads_a": json.dumps(fi_heads),
+                             "cf_acc_b": cf_base,
+                             "fi_ablation_cf_drop": drop(fi_heads) if fi_heads else float("nan"),
+                             "random_ablation_cf_drop": (sum(drop(s) for s in randoms) / len(randoms)) if randoms
+                             else float("nan")})
+        out = pd.DataFrame(rows)
+        write_parquet(out, output)
+        return out
 
 
 def aggregate_circuits(circuits: list[str], evaluations: list[str], overlaps: list[str], heads_table: str,
@@ -646,38 +647,38 @@ def function_vectors(model: dict, heads_file: str, datasets: list[str], output: 
     from fi.function_vectors import SHIFT_COLUMNS, function_vector_shifts, set_vectors, vector_sets
     from fi.patching import build_patching_data
 
-    loaded = _load(model, device, threads)
-    discovery = json.loads(Path(heads_file).read_text())["heads"]
-    groups = json.loads(Path(circuit_file).read_text())["groups"] if circuit_file else None
-    sets = vector_sets(discovery, groups)
-    family = get_family("addition")
-    offsets = [int(k) for k in params["offsets"]]
-    if len(datasets) != len(offsets):
-        raise ValueError(f"function_vectors: {len(datasets)} datasets for offsets {offsets}")
-    t0 = time.perf_counter()
-    vectors: list[dict] = [{} for _ in sets]
-    n_prompts = {}
-    for k, path in zip(offsets, datasets):
-        v = family.parse_variant(f"{params['setting']}_nmax{params['nmax']}_offset{k}")
-        data = build_patching_data(loaded, family, v, read_jsonl(path), int(params["shots"]), params["max_examples"])
-        for i, vecs in enumerate(set_vectors(loaded, data, sets, params["batch_size"])):
-            vectors[i][k] = vecs
-        n_prompts[k] = data.size
-    parts = []
-    for s, vecs in zip(sets, vectors):
-        part = function_vector_shifts(loaded, vecs, s.heads, params["scales"])
-        part["group"], part["prompts"], part["head_source"] = s.group, s.prompts, s.head_source
-        parts.append(part)
-    out = pd.concat(parts, ignore_index=True)
-    out.insert(0, "model", model["name"])
-    out["n_prompts"] = out["offset"].map(n_prompts)
-    out["setting"], out["nmax"], out["shots"] = params["setting"], int(params["nmax"]), int(params["shots"])
-    out = out[SHIFT_COLUMNS]
-    write_parquet(out, output)
-    log.info("%s: function vectors of %s at offsets %s, scales %s: %d rows, %.1fs", model["name"],
-             "; ".join(f"{s.group} ({s.prompts}, {s.head_source}) {list(s.heads)}" for s in sets), offsets,
-             list(params["scales"]), len(out), time.perf_counter() - t0)
-    return out
+    with model_in_use(model, device, threads) as loaded:
+        discovery = json.loads(Path(heads_file).read_text())["heads"]
+        groups = json.loads(Path(circuit_file).read_text())["groups"] if circuit_file else None
+        sets = vector_sets(discovery, groups)
+        family = get_family("addition")
+        offsets = [int(k) for k in params["offsets"]]
+        if len(datasets) != len(offsets):
+            raise ValueError(f"function_vectors: {len(datasets)} datasets for offsets {offsets}")
+        t0 = time.perf_counter()
+        vectors: list[dict] = [{} for _ in sets]
+        n_prompts = {}
+        for k, path in zip(offsets, datasets):
+            v = family.parse_variant(f"{params['setting']}_nmax{params['nmax']}_offset{k}")
+            data = build_patching_data(loaded, family, v, read_jsonl(path), int(params["shots"]), params["max_examples"])
+            for i, vecs in enumerate(set_vectors(loaded, data, sets, params["batch_size"])):
+                vectors[i][k] = vecs
+            n_prompts[k] = data.size
+        parts = []
+        for s, vecs in zip(sets, vectors):
+            part = function_vector_shifts(loaded, vecs, s.heads, params["scales"])
+            part["group"], part["prompts"], part["head_source"] = s.group, s.prompts, s.head_source
+            parts.append(part)
+        out = pd.concat(parts, ignore_index=True)
+        out.insert(0, "model", model["name"])
+        out["n_prompts"] = out["offset"].map(n_prompts)
+        out["setting"], out["nmax"], out["shots"] = params["setting"], int(params["nmax"]), int(params["shots"])
+        out = out[SHIFT_COLUMNS]
+        write_parquet(out, output)
+        log.info("%s: function vectors of %s at offsets %s, scales %s: %d rows, %.1fs", model["name"],
+                 "; ".join(f"{s.group} ({s.prompts}, {s.head_source}) {list(s.heads)}" for s in sets), offsets,
+                 list(params["scales"]), len(out), time.perf_counter() - t0)
+        return out
 
 
 def aggregate_function_vectors(tables: list[str], output: str, effects_output: str) -> pd.DataFrame:

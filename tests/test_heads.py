@@ -35,7 +35,7 @@ class FakeBridge:
 
 def fake_model(seq_len):
     tokenizer = type("Tok", (), {"all_special_ids": [0, 1], "bos_token_id": 1, "__len__": lambda self: 50})()
-    return SimpleNamespace(tokenizer=tokenizer, bridge=FakeBridge(seq_len), device="cpu", n_layers=1, n_heads=4)
+    return SimpleNamespace(tokenizer=tokenizer, bridge=FakeBridge(seq_len), device="cpu", n_layers=1, n_heads=4, bos_id=1)
 
 
 def test_head_type_scores_on_designed_patterns():

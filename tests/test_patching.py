@@ -89,23 +89,24 @@ def _ungrouped_copy(grouped_dir, out_dir):
     return out_dir
 
 
-def test_a_value_receiver_is_one_query_heads_under_grouped_query_attention(gqa_model, tiny_gqa_llama_dir, tmp_path):
-    """With grouped-query attention, path patching to head h's value input patches the values only
-    head h sees: equal to the paper's loop on the ungrouped copy of the model (one key-value head per
-    query head), and different for two heads of one group."""
+@pytest.mark.parametrize("which", ["v", "k"])
+def test_a_head_input_is_one_query_heads_under_grouped_query_attention(gqa_model, tiny_gqa_llama_dir, tmp_path, which):
+    """With grouped-query attention, path patching to head h's value or key input patches what head
+    h alone sees, as in the paper's ungrouped model: equal to the paper's loop on the ungrouped copy
+    of the model (one key-value head per query head), and different for two heads of one group."""
     from fi.models import load_model
 
     ungrouped = load_model("ungrouped", path=str(_ungrouped_copy(tiny_gqa_llama_dir, tmp_path / "u")), device="cpu")
     data = data_for(gqa_model)
     patcher = Patcher(gqa_model, data, batch_size=3, rows_per_pass=8)
     assert abs(patcher.ld_contrast - Patcher(ungrouped, data, batch_size=3).ld_contrast) < 1e-4  # same model
-    for receiver in ("1.0.v", "1.1.v"):
+    for receiver in (f"1.0.{which}", f"1.1.{which}"):
         ours = patcher.path_patching(receiver)
         ref = reference_path_patching(ungrouped, data, receiver, batch=4)
         assert scaled_close(ours, ref, patcher), (receiver, ours, ref)
         assert scaled_close(ours, reference_path_patching(gqa_model, data, receiver, batch=4), patcher)
     # heads 0 and 1 share a key-value head (4 query heads on 2), yet their value inputs differ
-    assert not torch.allclose(patcher.path_patching("1.0.v")[0], patcher.path_patching("1.1.v")[0])
+    assert not torch.allclose(patcher.path_patching(f"1.0.{which}")[0], patcher.path_patching(f"1.1.{which}")[0])
 
 
 def test_fast_output_path_is_used_and_equals_the_hooked_run(model):

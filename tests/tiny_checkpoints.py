@@ -17,7 +17,12 @@ token), so an answer does not tokenize separately after its prompt.
 
 Architectures: GPT-2 (GPT2LMHeadModel), Llama with grouped-query attention (LlamaForCausalLM,
 4 query heads on 2 key/value heads) and Gemma-2 (Gemma2ForCausalLM: extra post-attention and
-post-MLP norms, logit soft-capping, alternating sliding-window layers).
+post-MLP norms, logit soft-capping, alternating sliding-window layers); and the other architectures
+of the paper's grid (`PAPER_ARCHITECTURES`, each with the tokenizer style of its family): Mistral
+(sliding-window attention), Qwen-2 (q/k/v biases), Phi-3 (fused qkv and gate/up projections),
+GPT-NeoX (Pythia: parallel attention and MLP, partial rotary) and Gemma-3 (q/k norms, local and
+global layers). Every parameter is random, biases and norm weights included, so that no term of
+an architecture hides behind a zero or a one.
 """
 
 from __future__ import annotations
@@ -27,6 +32,10 @@ from pathlib import Path
 
 TOKENIZER_STYLES = ("single_digit", "multi_digit", "gpt2_bpe")
 ARCHITECTURES = ("gpt2", "llama", "gemma2")
+# every architecture of configs/paper.yaml (and Gemma-3) -> the tokenizer style of its models
+PAPER_ARCHITECTURES = {"llama": "single_digit", "mistral": "single_digit", "gemma2": "single_digit",
+                       "qwen2": "multi_digit", "phi3": "multi_digit", "gpt_neox": "gpt2_bpe",
+                       "gemma3": "single_digit"}
 
 # Characters the task prompts use besides letters and digits.
 PUNCTUATION = "\n+-=>()?.,:;'\"!/&%$*#@[]_"
@@ -128,39 +137,49 @@ def boundary_merging_tokenizer():
 
 def build_model(architecture: str, tokenizer, seed: int = 0, n_layers: int = 2, d_model: int = 32,
                 n_heads: int = 4, n_kv_heads: int = 2, d_mlp: int = 64, max_len: int = 512,
-                initializer_range: float = 0.1):
-    """A tiny random-initialised causal LM (float32) whose vocabulary is the tokenizer's."""
+                initializer_range: float = 0.1, sliding_window: int | None = None):
+    """A tiny random-initialised causal LM (float32) whose vocabulary is the tokenizer's.
+    `sliding_window` (default: max_len, i.e. no effect) sets the local attention span of the
+    architectures that have one."""
     import torch
-    from transformers import Gemma2Config, Gemma2ForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+    import transformers as tf
 
     torch.manual_seed(seed)
+    window = sliding_window or max_len
     common = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                   initializer_range=initializer_range)
-    if architecture == "gpt2":
-        config = GPT2Config(n_embd=d_model, n_inner=d_mlp, n_layer=n_layers, n_head=n_heads,
-                            n_positions=max_len, **common)
-        model = GPT2LMHeadModel(config)
-    elif architecture == "llama":
-        config = LlamaConfig(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-                             num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                             max_position_embeddings=max_len, tie_word_embeddings=False, **common)
-        model = LlamaForCausalLM(config)
-    elif architecture == "gemma2":
-        config = Gemma2Config(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-                              num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-                              head_dim=d_model // n_heads, query_pre_attn_scalar=d_model // n_heads,
-                              max_position_embeddings=max_len, sliding_window=max_len, **common)
-        model = Gemma2ForCausalLM(config)
-    else:
-        raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
-    if architecture == "gemma2":
-        # HF initialises RMSNorm weights to 0 (Gemma's norm multiplies by 1 + w); give the extra
-        # post-attention / post-MLP norms some weight so that their effect on a patch is visible.
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "norm" in name:
-                    p.normal_(0.0, 0.5)
+    decoder = dict(hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+                   num_attention_heads=n_heads, max_position_embeddings=max_len, **common)
+    gqa = dict(decoder, num_key_value_heads=n_kv_heads)
+    gemma = dict(gqa, head_dim=d_model // n_heads, query_pre_attn_scalar=d_model // n_heads, sliding_window=window)
+    builders = {
+        "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(n_embd=d_model, n_inner=d_mlp, n_layer=n_layers, n_head=n_heads,
+                                                          n_positions=max_len, **common)),
+        "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(**gqa, tie_word_embeddings=False)),
+        "gemma2": lambda: tf.Gemma2ForCausalLM(tf.Gemma2Config(**gemma)),
+        "mistral": lambda: tf.MistralForCausalLM(tf.MistralConfig(**gqa, sliding_window=window, tie_word_embeddings=False)),
+        # the first layer full attention, the others local (Qwen-2's max_window_layers)
+        "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(**gqa, use_sliding_window=sliding_window is not None,
+                                                             sliding_window=window, max_window_layers=1,
+                                                             tie_word_embeddings=False)),
+        "phi3": lambda: tf.Phi3ForCausalLM(tf.Phi3Config(**gqa, original_max_position_embeddings=max_len,
+                                                          sliding_window=window, tie_word_embeddings=False)),
+        "gpt_neox": lambda: tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(**decoder, rotary_pct=0.25, use_parallel_residual=True,
+                                                                    tie_word_embeddings=False)),
+        "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(**gemma, sliding_window_pattern=2)),
+    }
+    if architecture not in builders:
+        raise ValueError(f"unknown architecture {architecture!r}; expected one of {sorted(builders)}")
+    model = builders[architecture]()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if architecture in ("gemma2", "gemma3") and "norm" in name:
+                # HF initialises Gemma's RMSNorm weights to 0 (its norm multiplies by 1 + w); give the
+                # extra post-attention / post-MLP and q/k norms some weight so that their effect shows
+                p.normal_(0.0, 0.5)
+            elif name.endswith("bias") and architecture in ("qwen2", "gpt_neox"):
+                p.normal_(0.0, initializer_range)  # HF initialises biases to 0
     return model.eval()
 
 
