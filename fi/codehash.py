@@ -16,8 +16,10 @@ anywhere in fi/evaluation.py changes the hash of every stage whose code reaches 
 reached code imports it. The package's own `fi/__init__.py` (run by every `import fi.x`) is left
 out so that its docstring can change freely; it must hold no code (tests/test_code_hash.py checks).
 
-The hash is of the text (comments included), keyed by paths relative to the package's parent, so a
-clone, or the package installed elsewhere, gives the same hash for the same code.
+The hash is of the code's syntax tree without docstrings (`ast.dump`, no line numbers), so editing a
+comment or a docstring, or reformatting, reruns nothing; it is keyed by paths relative to the
+package's parent, so a clone, or the package installed elsewhere, gives the same hash for the same
+code.
 """
 
 from __future__ import annotations
@@ -132,10 +134,37 @@ def _bound_names(stmt: ast.stmt) -> set[str]:
     return set()
 
 
-def _segment(text: str, stmt: ast.stmt) -> str:
-    """A statement's source lines, decorators included."""
-    first = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
-    return "".join(text.splitlines(keepends=True)[first - 1 : stmt.end_lineno])
+_WITH_DOCSTRING = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+def _code(node: ast.AST) -> str:
+    """The node's syntax tree as text, without docstrings or positions: what running it depends on.
+    Kept per node: the trees are `_analyse`'s, one per file text, shared by every script's hash."""
+    kept = _CODES.get(id(node))
+    if kept is not None and kept[0] is node:
+        return kept[1]
+    code = _dump_without_docstrings(node)
+    _CODES[id(node)] = (node, code)
+    return code
+
+
+_CODES: dict[int, tuple[ast.AST, str]] = {}
+
+
+def _dump_without_docstrings(node) -> str:
+    """`ast.dump(node, include_attributes=False)`, with each module's, class's and function's
+    docstring left out."""
+    if isinstance(node, list):
+        return "[" + ", ".join(_dump_without_docstrings(x) for x in node) + "]"
+    if not isinstance(node, ast.AST):
+        return repr(node)
+    fields = []
+    for name, value in ast.iter_fields(node):
+        if (name == "body" and isinstance(node, _WITH_DOCSTRING) and value and isinstance(value[0], ast.Expr)
+                and isinstance(value[0].value, ast.Constant) and isinstance(value[0].value.value, str)):
+            value = value[1:]
+        fields.append(f"{name}={_dump_without_docstrings(value)}")
+    return f"{type(node).__name__}({', '.join(fields)})"
 
 
 def _unit_code(unit: Unit) -> tuple[str, set[Unit]]:
@@ -144,13 +173,13 @@ def _unit_code(unit: Unit) -> tuple[str, set[Unit]]:
     path = module_file(module)
     if path is None:
         raise ImportError(f"no source file for module {module!r} (imported as {unit})")
-    text, tree, top = _parsed(path)
+    _, tree, top = _parsed(path)
     deps: set[Unit] = set()
     if name is None:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 deps |= {(m, None) for m, _ in _import_targets(node, module, as_definitions=False)}
-        return text, deps
+        return _code(tree), deps
     stmts = top.get(name)
     if not stmts:  # not a plain top-level definition (e.g. made by a loop): the whole module
         return _unit_code((module, None))
@@ -164,7 +193,7 @@ def _unit_code(unit: Unit) -> tuple[str, set[Unit]]:
                         deps |= {(m, None) for m, _ in _import_targets(binding, module, as_definitions=False)}
                     else:
                         deps.add((module, node.id))
-    return "".join(_segment(text, s) for s in stmts), deps
+    return "".join(_code(s) for s in stmts), deps
 
 
 def script_units(script: str | Path) -> list[Unit]:
@@ -195,7 +224,7 @@ def describe(unit: Unit) -> str:
 def code_hash(script: str | Path) -> str:
     """The content hash of the script and of all fi code it runs (`script_units`)."""
     h = hashlib.sha256()
-    h.update(b"script\0" + Path(script).read_bytes() + b"\0")
+    h.update(b"script\0" + _code(ast.parse(Path(script).read_text(), filename=str(script))).encode() + b"\0")
     for unit in script_units(script):
         h.update(describe(unit).encode() + b"\0" + _unit_code(unit)[0].encode() + b"\0")
     return "sha256:" + h.hexdigest()[:16]

@@ -43,10 +43,26 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-def _umask() -> int:
+def _read_umask() -> int:
+    """The process's umask, read without changing it where the OS tells it (Linux); elsewhere set
+    and restored once, when this module is imported (before any job thread runs), since between the
+    two calls every other thread would create files with mode 0o666 / 0o777."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
 
 
 @contextmanager

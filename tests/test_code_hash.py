@@ -72,18 +72,33 @@ def append(path: Path, text: str):
 
 
 def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_copy):
-    assert changed_by(append(package_copy / "evaluation.py", "\n# edited\n")) == MODEL_STAGES
-    assert changed_by(append(package_copy / "plots.py", "\n# edited\n")) == {
+    assert changed_by(append(package_copy / "evaluation.py", "\nEDITED = 1\n")) == MODEL_STAGES
+    assert changed_by(append(package_copy / "plots.py", "\nEDITED = 1\n")) == {
         "plot_accuracy", "plot_heads", "plot_ablation", "plot_circuits", "plot_function_vectors", "draw_circuit"}
-    assert changed_by(append(package_copy / "io.py", "\n# edited\n")) == set(RULE_SCRIPTS)  # every stage writes with it
+    assert changed_by(append(package_copy / "io.py", "\nEDITED = 1\n")) == set(RULE_SCRIPTS)  # every stage writes with it
 
     stages = package_copy / "stages.py"
 
     def edit_plot_heads():
         text = stages.read_text()
-        assert text.count("def plot_heads(") == 1
-        stages.write_text(text.replace("def plot_heads(", "def plot_heads(  # edited\n    ", 1))
+        assert text.count("plots: dict) -> None:\n    from fi.plots import plot_head_heatmaps") == 1
+        stages.write_text(text.replace("plots: dict) -> None:\n    from fi.plots import plot_head_heatmaps",
+                                       "plots: dict, edited=None) -> None:\n    from fi.plots import plot_head_heatmaps", 1))
     assert changed_by(edit_plot_heads) == {"plot_heads"}
+
+
+def test_comments_docstrings_and_layout_rerun_nothing(package_copy):
+    """Only what runs counts: a comment, a docstring or a line break changes no rule's hash."""
+    io = package_copy / "io.py"
+    assert changed_by(append(io, "\n# a comment\n")) == set()
+    stages = package_copy / "stages.py"
+
+    def reword_and_rewrap():
+        text = stages.read_text()
+        text = text.replace('"""Score one cell;', '"""Scores one cell;', 1)
+        text = text.replace("def plot_heads(", "def plot_heads(\n    ", 1)
+        stages.write_text(text)
+    assert changed_by(reword_and_rewrap) == set()
 
 
 def test_a_new_module_is_picked_up_where_it_is_imported(package_copy):
@@ -92,7 +107,7 @@ def test_a_new_module_is_picked_up_where_it_is_imported(package_copy):
     ablation = package_copy / "ablation.py"
     ablation.write_text(ablation.read_text() + "\n\ndef _uses_engine():\n    from fi.engine import run\n\n    return run()\n")
     assert {r for r in RULE_SCRIPTS if "fi/engine.py" in covered(r)} == {"discover_heads", "ablate", "circuit_overlap"}
-    assert changed_by(append(package_copy / "engine.py", "# edited\n")) == {"discover_heads", "ablate", "circuit_overlap"}
+    assert changed_by(append(package_copy / "engine.py", "EDITED = 1\n")) == {"discover_heads", "ablate", "circuit_overlap"}
 
 
 def test_the_package_init_holds_no_code():
