@@ -134,32 +134,36 @@ def nn_outputs(s: Setup, net, tokens):
     return [x.detach().clone() for x in saved]
 
 
-def nn_path_to_logits(s: Setup, net) -> torch.Tensor:
-    d = s.data
-    zn, zc = nn_outputs(s, net, d.normal), nn_outputs(s, net, d.contrast)
+def nn_patch_loop(s: Setup, net, patch) -> torch.Tensor:
+    """Mean LD [L, H] of one trace of the contrast prompts per head, `patch(layer, head)` setting
+    the `c_proj` inputs inside it."""
     out = torch.zeros(s.L, s.H)
     for layer, head in s.heads():
-        with torch.no_grad(), net.trace(d.contrast):
-            for lyr in range(s.L):
-                frozen = zc[lyr].clone()
-                if lyr == layer:
-                    frozen[:, :, s.cols(head)] = zn[lyr][:, :, s.cols(head)]
-                net.transformer.h[lyr].attn.c_proj.input[:] = frozen
+        with torch.no_grad(), net.trace(s.data.contrast):
+            patch(layer, head)
             logits = net.output.logits.save()
         out[layer, head] = s.ld(logits)
     return out
+
+
+def nn_path_to_logits(s: Setup, net) -> torch.Tensor:
+    zn, zc = nn_outputs(s, net, s.data.normal), nn_outputs(s, net, s.data.contrast)
+
+    def freeze_all_but(layer, head):
+        for lyr in range(s.L):
+            frozen = zc[lyr].clone()
+            if lyr == layer:
+                frozen[:, :, s.cols(head)] = zn[lyr][:, :, s.cols(head)]
+            net.transformer.h[lyr].attn.c_proj.input[:] = frozen
+    return nn_patch_loop(s, net, freeze_all_but)
 
 
 def nn_activation(s: Setup, net) -> torch.Tensor:
-    d = s.data
-    zn = nn_outputs(s, net, d.normal)
-    out = torch.zeros(s.L, s.H)
-    for layer, head in s.heads():
-        with torch.no_grad(), net.trace(d.contrast):
-            net.transformer.h[layer].attn.c_proj.input[:, :, s.cols(head)] = zn[layer][:, :, s.cols(head)]
-            logits = net.output.logits.save()
-        out[layer, head] = s.ld(logits)
-    return out
+    zn = nn_outputs(s, net, s.data.normal)
+
+    def one_head(layer, head):
+        net.transformer.h[layer].attn.c_proj.input[:, :, s.cols(head)] = zn[layer][:, :, s.cols(head)]
+    return nn_patch_loop(s, net, one_head)
 
 
 def nn_attribution(s: Setup, net) -> torch.Tensor:
