@@ -135,7 +135,8 @@ class ModelCache:
 
     Keeps the copies of the `capacity` most recently used models (environment variable
     FI_MODEL_CACHE, default 1, so that a run over several large models never holds two of them on a
-    GPU; 0 keeps none): a job of another model drops those of the least recently used one. `loads` counts the boots per key (benches, tests)."""
+    GPU; 0 keeps none): a job of another model drops those of the least recently used one.
+    `loads` counts the boots per key (benches, tests)."""
 
     def __init__(self, capacity: int | None = None):
         self.capacity = int(os.environ.get("FI_MODEL_CACHE", "1")) if capacity is None else capacity
