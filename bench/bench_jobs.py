@@ -3,7 +3,7 @@
 
 A built-in-model job does ~0.2 s of work after 4-5 s of importing torch, transformers and
 TransformerLens in a fresh process (bench/bench_dag.py). The default profile's force-use-threads
-runs the rules that call `in_process` (workflow/rules/common.smk) in Snakemake's own process, which
+runs the `run:` rules (fi_workflow.run) in Snakemake's own process, which
 imports them once. This bench builds a small grid once (a built-in model trained for a few steps,
 the addition datasets), then reruns its evaluate jobs and the aggregate that reads them
 (`--forcerun evaluate`), alternating the two profiles, and prints the wall times, their ratio and

@@ -7,7 +7,6 @@ Modules, one concern each:
   config      is a config runnable: schema, defaults, semantic checks (no torch)
   hub         hub model names checked before any job (no torch)
   resources   what a model job asks the scheduler for, per model and rule (no torch)
-  codehash    the code each rule's jobs run, and its hash (the rules' params; no torch)
   models      loading any checkpoint through TransformerLens' TransformerBridge
   gguf        GGUF files (real pretrained LMs shipped as packages) converted to checkpoint folders
   answers     answer tokens derived from a tokenizer
@@ -25,7 +24,7 @@ Modules, one concern each:
   dynamics    checkpoints' progress measures, formation steps; dynamics_runs: the runs (no torch)
   tables      aggregation, Wilson intervals, the paper's CSV format
   plots       seaborn figures; figures: matplotlib's process-wide state, for jobs sharing a process
-  stages      one function per Snakemake rule; from_snakemake: a job's log, per thread
+  stages      one function per Snakemake rule (fi_workflow.jobs maps a job to its arguments)
   parity      our bridge's logits against plain transformers (`fi-grid parity`)
   cli         the `fi-grid` command (also `python -m fi`)
 """

@@ -1,7 +1,7 @@
 """Matplotlib's process-wide state, for jobs that share a process.
 
 pyplot's figures and matplotlib's rcParams (which `sns.set_theme` changes) belong to the process.
-Jobs that are threads of one process (the rules that run `in_process`, workflow/rules/common.smk)
+Jobs that are threads of one process (every `run:` rule under profiles/default, fi_workflow.run)
 draw one figure at a time, each from the same defaults, so a figure looks as it would drawn in a
 fresh process, whatever the jobs around it drew before.
 """

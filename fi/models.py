@@ -23,7 +23,7 @@ from fi.models_check import check_local_checkpoint_files
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Loading sets process-wide state for its duration (transformers sets torch's default dtype to the
-# model's): jobs that are threads of one process (workflow/rules/common.smk, in_process) load one
+# model's): jobs that are threads of one process (fi_workflow.run, profiles/default) load one
 # at a time.
 _LOADING = threading.Lock()
 

@@ -1,12 +1,10 @@
 """One function per Snakemake rule. Each takes plain arguments (paths, dicts), so every stage runs
-and is tested without Snakemake; `from_snakemake` adapts a rule's `snakemake` object to it."""
+and is tested without Snakemake; fi_workflow.jobs maps a rule's job to its arguments."""
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,76 +84,6 @@ def plot_accuracy(table: str, task: str, output: str, plots: dict) -> None:
 
 
 # ---- Snakemake adapter --------------------------------------------------------------------------
-
-def from_snakemake(snakemake, stage, **kwargs) -> None:
-    """Run `stage` with the rule's log file as its stderr and logging target.
-
-    Any error is logged with its traceback (so the log names it) and re-raised, which makes
-    Snakemake fail the job and delete its outputs; the stages write atomically, so nothing
-    half-written is ever left in place.
-
-    A job may be a thread of Snakemake's own process (rules with `run: in_process(...)`, under the
-    workflow profile's force-use-threads), beside other jobs' threads. So the log is the target of
-    this thread only: sys.stderr and the root logger's handler send each thread's writes to its
-    own job's log, and everything else's (Snakemake's, other threads') where it went before."""
-    log_path = snakemake.log[0] if snakemake.log else None
-    stream = None
-    if log_path:
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        stream = open(log_path, "w", buffering=1)
-    job_stderr = _JobStderr.install()
-    job_stderr.local.stream = stream
-    try:
-        stage(**kwargs)
-    except BaseException as err:
-        log.exception("%s failed: %s: %s", getattr(stage, "__name__", stage), type(err).__name__, err)
-        raise
-    finally:
-        job_stderr.local.stream = None
-        if stream is not None:
-            stream.close()
-
-
-class _JobStderr:
-    """sys.stderr, split by thread: a thread that runs a job (`local.stream` set) writes to that
-    job's log; any other thread to the stream sys.stderr was before. Installed once per process,
-    with one root-logger handler that writes the job threads' records (fi's from INFO up) there."""
-
-    _lock = threading.Lock()
-
-    def __init__(self, original):
-        self.original = original
-        self.local = threading.local()
-
-    def _target(self):
-        return getattr(self.local, "stream", None) or self.original
-
-    def write(self, text: str) -> int:
-        return self._target().write(text)
-
-    def flush(self) -> None:
-        self._target().flush()
-
-    def isatty(self) -> bool:
-        return self._target().isatty()
-
-    def __getattr__(self, name):  # encoding, fileno, ...: the original stream's
-        return getattr(self.original, name)
-
-    @classmethod
-    def install(cls) -> _JobStderr:
-        with cls._lock:
-            if not isinstance(sys.stderr, cls):
-                split = cls(sys.stderr)
-                handler = logging.StreamHandler(split)
-                handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-                # only records logged on a job's thread: Snakemake's own go where they went before
-                handler.addFilter(lambda record: getattr(split.local, "stream", None) is not None)
-                logging.getLogger().addHandler(handler)
-                log.setLevel(logging.INFO)
-                sys.stderr = split
-            return sys.stderr
-
 
 # ---- circuit discovery (issue: head attribution) --------------------------------------------------
 

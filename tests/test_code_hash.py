@@ -1,39 +1,58 @@
-"""The code each rule's jobs run (fi.codehash): what its hash covers, and what an edit changes.
+"""The code each rule's jobs run (fi_workflow.codehash): what its hash covers, and what an edit changes.
 tests/test_incremental.py checks the same on a finished run: which jobs `snakemake -n` plans."""
 
 from __future__ import annotations
 
 import ast
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from fi import codehash
+from fi_workflow import codehash
 from tests.conftest import REPO
 
-SCRIPTS = REPO / "workflow" / "scripts"
-RULE_SCRIPTS = sorted(p.stem for p in SCRIPTS.glob("*.py"))
+
+def rule_blocks() -> dict[str, str]:
+    """Each rule of workflow/rules/*.smk -> its text."""
+    blocks = {}
+    for path in sorted((REPO / "workflow" / "rules").glob("*.smk")):
+        for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", path.read_text(), re.M | re.S):
+            blocks[m.group(1)] = m.group(2)
+    return blocks
+
+
+RULES = sorted(rule for rule in rule_blocks() if rule != "all")
 # the stages that run fi.evaluation
-MODEL_STAGES = {"evaluate", "discover_heads", "ablate", "circuit_overlap", "dynamics_measure"}
+MODEL_STAGES = {"evaluate", "discover_heads", "ablate", "circuit_overlap", "measure_checkpoint"}
 
 
 def covered(rule: str) -> list[str]:
-    return [codehash.describe(u) for u in codehash.script_units(SCRIPTS / f"{rule}.py")]
+    return [codehash.describe(u) for u in codehash.adapter_units(rule)]
 
 
-def test_every_rule_has_a_script_and_a_hash():
-    rules = " ".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
-    for rule in RULE_SCRIPTS:
-        assert f'code=code_hash("{rule}")' in rules and f'"../scripts/{rule}.py"' in rules
-        assert codehash.code_hash(SCRIPTS / f"{rule}.py").startswith("sha256:")
+def test_every_rule_runs_its_adapter_and_carries_its_hash():
+    """Each rule runs the adapter of its own name (fi_workflow.jobs) and carries that adapter's
+    hash: a rule that ran another rule's adapter, or hashed another's, would rerun on the wrong
+    edits."""
+    own_process = '"../scripts/own_process.py"'
+    for rule, text in rule_blocks().items():
+        if rule == "all":
+            continue
+        assert f'code=code_hash("{rule}")' in text, rule
+        assert "run_job(rule, Job(input, output, params, wildcards, threads, resources, log))" in text or (
+            own_process in text), rule
+        assert codehash.code_hash(rule).startswith("sha256:")
+    with pytest.raises(KeyError, match="no_such_rule"):
+        codehash.code_hash("no_such_rule")
 
 
 def test_a_stage_is_covered_as_its_function_and_the_modules_it_imports():
     units = covered("evaluate")
-    # the stage function, the adapter and what they name in fi/stages.py; not the other stages
-    assert {"fi/stages.py:evaluate", "fi/stages.py:from_snakemake", "fi/stages.py:log"} <= set(units)
-    assert not {u for u in units if u.startswith("fi/stages.py:") and u.split(":")[1] in RULE_SCRIPTS} - {
+    # the stage function and what it names in fi/stages.py; not the other stages
+    assert {"fi/stages.py:evaluate", "fi/stages.py:model_in_use"} <= set(units)
+    assert not {u for u in units if u.startswith("fi/stages.py:") and u.split(":")[1] in RULES} - {
         "fi/stages.py:evaluate"}
     # function-local imports (fi.evaluation, fi.models) and what those modules import, transitively
     assert {"fi/evaluation.py", "fi/models.py", "fi/models_check.py", "fi/answers.py", "fi/tasks.py", "fi/io.py"} <= set(units)
@@ -43,7 +62,7 @@ def test_a_stage_is_covered_as_its_function_and_the_modules_it_imports():
 
 
 def test_which_rules_reach_the_evaluation_module():
-    reach = {rule for rule in RULE_SCRIPTS if "fi/evaluation.py" in covered(rule)}
+    reach = {rule for rule in RULES if "fi/evaluation.py" in covered(rule)}
     assert reach == MODEL_STAGES
     assert not any("fi/evaluation.py" in covered(r) for r in ("dataset", "plot_accuracy", "plot_heads", "plot_ablation"))
 
@@ -57,14 +76,14 @@ def package_copy(tmp_path, monkeypatch):
 
 
 def hashes() -> dict[str, str]:
-    return {rule: codehash.code_hash(SCRIPTS / f"{rule}.py") for rule in RULE_SCRIPTS}
+    return {rule: codehash.code_hash(rule) for rule in RULES}
 
 
 def changed_by(edit) -> set[str]:
     before = hashes()
     edit()
     after = hashes()
-    return {rule for rule in RULE_SCRIPTS if before[rule] != after[rule]}
+    return {rule for rule in RULES if before[rule] != after[rule]}
 
 
 def append(path: Path, text: str):
@@ -75,7 +94,7 @@ def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_cop
     assert changed_by(append(package_copy / "evaluation.py", "\nEDITED = 1\n")) == MODEL_STAGES
     assert changed_by(append(package_copy / "plots.py", "\nEDITED = 1\n")) == {
         "plot_accuracy", "plot_heads", "plot_ablation", "plot_circuits", "plot_function_vectors", "draw_circuit"}
-    assert changed_by(append(package_copy / "io.py", "\nEDITED = 1\n")) == set(RULE_SCRIPTS)  # every stage writes with it
+    assert changed_by(append(package_copy / "io.py", "\nEDITED = 1\n")) == set(RULES)  # every stage writes with it
 
     stages = package_copy / "stages.py"
 
@@ -103,10 +122,10 @@ def test_comments_docstrings_and_layout_rerun_nothing(package_copy):
 
 def test_a_new_module_is_picked_up_where_it_is_imported(package_copy):
     (package_copy / "engine.py").write_text("def run():\n    return 1\n")
-    assert not any("fi/engine.py" in covered(r) for r in RULE_SCRIPTS)  # nothing imports it yet
+    assert not any("fi/engine.py" in covered(r) for r in RULES)  # nothing imports it yet
     ablation = package_copy / "ablation.py"
     ablation.write_text(ablation.read_text() + "\n\ndef _uses_engine():\n    from fi.engine import run\n\n    return run()\n")
-    assert {r for r in RULE_SCRIPTS if "fi/engine.py" in covered(r)} == {"discover_heads", "ablate", "circuit_overlap"}
+    assert {r for r in RULES if "fi/engine.py" in covered(r)} == {"discover_heads", "ablate", "circuit_overlap"}
     assert changed_by(append(package_copy / "engine.py", "EDITED = 1\n")) == {"discover_heads", "ablate", "circuit_overlap"}
 
 

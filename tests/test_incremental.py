@@ -239,7 +239,7 @@ def clone(base, tmp_path):
 def test_a_clone_with_the_results_copied_in_schedules_nothing(clone):
     snakefile = clone / "Snakefile"
     newest_output = max(p.stat().st_mtime for p in (clone / "results").rglob("*"))
-    assert (clone / "workflow/scripts/evaluate.py").stat().st_mtime > newest_output  # a real clone
+    assert (clone / "workflow/scripts/own_process.py").stat().st_mtime > newest_output  # a real clone
     plan = dry_run(clone, snakefile=snakefile)
     assert plan.jobs == {}, plan.text[-3000:]
     assert "Using workflow specific profile" in plan.text  # profiles/default, with its rerun-triggers
@@ -254,14 +254,19 @@ def test_a_clone_with_the_results_copied_in_schedules_nothing(clone):
     assert with_code.with_reason("Code has changed") == FULL["train_model"]
 
 
-def test_a_clone_reruns_a_rule_whose_script_changed(clone):
+def test_a_clone_reruns_a_rule_whose_adapter_changed(clone, monkeypatch):
     snakefile = clone / "Snakefile"
-    script = clone / "workflow/scripts/plot_heads.py"
-    later = script.stat().st_mtime + 60
-    os.utime(clone / "workflow/scripts/evaluate.py", (later, later))  # only touched: no rerun
-    assert dry_run(clone, snakefile=snakefile).jobs == {}
-    script.write_text(script.read_text() + "# edited\n")  # content changed: its rule reruns
-    plan = dry_run(clone, snakefile=snakefile)
+    monkeypatch.chdir(clone)  # the clone's own fi_workflow (see below)
+    env = {"PYTHONPATH": str(clone)}
+    adapters = clone / "fi_workflow/jobs.py"
+    later = adapters.stat().st_mtime + 60
+    os.utime(adapters, (later, later))  # only touched: no rerun
+    assert dry_run(clone, snakefile=snakefile, env=env).jobs == {}
+    text = adapters.read_text()
+    old = "model_name=job.params.model_name,"
+    assert text.count(old) == 1
+    adapters.write_text(text.replace(old, "model_name=str(job.params.model_name),"))  # code changed: its rule reruns
+    plan = dry_run(clone, snakefile=snakefile, env=env)
     assert plan.jobs == {"plot_heads": HEADS_PLOT}
     assert plan.with_reason(PARAMS_CHANGED) == HEADS_PLOT
 
@@ -283,12 +288,13 @@ def _edit_stage_function(name: str):
     def edit(path: Path) -> None:
         text = path.read_text()
         assert text.count(f"def {name}(") == 1
-        path.write_text(text.replace(f"def {name}(", f"def {name}(  # edited\n    ", 1))
+        # a code change (its parameters become keyword-only; the adapters pass them all by name)
+        path.write_text(text.replace(f"def {name}(", f"def {name}(*_edited, ", 1))
     return edit
 
 
-def _append_comment(path: Path) -> None:
-    path.write_text(path.read_text() + "\n# edited\n")
+def _append_code(path: Path) -> None:
+    path.write_text(path.read_text() + "\nEDITED = 1\n")
 
 
 # Editing one module reruns the jobs whose code reaches it (their code hash changes) and what reads
@@ -302,9 +308,9 @@ PLOTS = {"plot_accuracy": ACC_PLOTS, "plot_heads": HEADS_PLOT, "plot_ablation": 
 
 @pytest.mark.parametrize("module,edit,expected,changed", [
     # (ablate's code changed too, but snakemake names only its first reason: its new heads file)
-    pytest.param("evaluation.py", _append_comment, AFTER_EVALUATION, FULL["evaluate"] | FULL["discover_heads"],
+    pytest.param("evaluation.py", _append_code, AFTER_EVALUATION, FULL["evaluate"] | FULL["discover_heads"],
                  id="evaluation"),
-    pytest.param("plots.py", _append_comment, PLOTS, ACC_PLOTS | HEADS_PLOT | ABL_PLOT, id="plots"),
+    pytest.param("plots.py", _append_code, PLOTS, ACC_PLOTS | HEADS_PLOT | ABL_PLOT, id="plots"),
     pytest.param("stages.py", _edit_stage_function("plot_heads"), {"plot_heads": HEADS_PLOT}, HEADS_PLOT,
                  id="one_stage_function"),
 ])

@@ -18,7 +18,7 @@ rule ablate:
         model=model_params,
         ablation=config_slice("ablation", "shots", "variants"),
     run:
-        in_process("../scripts/ablate.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule aggregate_ablation:
@@ -31,7 +31,7 @@ rule aggregate_ablation:
     params:
         code=code_hash("aggregate_ablation"),
     run:
-        in_process("../scripts/aggregate_ablation.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule plot_ablation:
@@ -51,4 +51,4 @@ rule plot_ablation:
         code=code_hash("plot_ablation"),
         plots=PLOT_DPI,
     run:
-        in_process("../scripts/plot_ablation.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

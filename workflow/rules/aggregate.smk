@@ -13,7 +13,7 @@ rule aggregate:
     params:
         code=code_hash("aggregate"),
     run:
-        in_process("../scripts/aggregate.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 # The run's headline findings from its tables, and their provenance (fi.summary).
@@ -29,4 +29,4 @@ rule summary:
         code=code_hash("summary"),
         seeds=seeds_of(config),
     run:
-        in_process("../scripts/summary.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

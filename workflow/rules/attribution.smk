@@ -17,7 +17,7 @@ rule attribute:
         model=model_params,
         attribution=config_slice("attribution", "cells"),
     run:
-        in_process("../scripts/attribute.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule head_types:
@@ -34,7 +34,7 @@ rule head_types:
         model=model_params,
         head_types=config["head_types"],
     run:
-        in_process("../scripts/head_types.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule aggregate_attribution:
@@ -50,7 +50,7 @@ rule aggregate_attribution:
         code=code_hash("aggregate_attribution"),
         min_ld_gap=config["min_ld_gap"],
     run:
-        in_process("../scripts/aggregate_attribution.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule plot_heads:
@@ -71,4 +71,4 @@ rule plot_heads:
         model_name=model_name,
         plots=PLOT_DPI,
     run:
-        in_process("../scripts/plot_heads.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

@@ -20,7 +20,7 @@ rule find_circuit:
         explicit=explicit_groups,
         min_ld_gap=config["min_ld_gap"],
     run:
-        in_process("../scripts/find_circuit.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 # Drawing apart from finding: a plot edit reruns no path patching.
@@ -47,7 +47,7 @@ rule draw_circuit:
         model=model_params,
         circuit=circuit_params,
     run:
-        in_process("../scripts/draw_circuit.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule evaluate_circuit:
@@ -68,7 +68,7 @@ rule evaluate_circuit:
         generation=circuit_generation_params,
         min_ld_gap=config["min_ld_gap"],
     run:
-        in_process("../scripts/evaluate_circuit.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule circuit_overlap:
@@ -86,7 +86,7 @@ rule circuit_overlap:
         model=model_params,
         ablation=config_slice("ablation"),
     run:
-        in_process("../scripts/circuit_overlap.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule aggregate_circuits:
@@ -103,7 +103,7 @@ rule aggregate_circuits:
     params:
         code=code_hash("aggregate_circuits"),
     run:
-        in_process("../scripts/aggregate_circuits.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule plot_circuits:
@@ -127,4 +127,4 @@ rule plot_circuits:
         code=code_hash("plot_circuits"),
         plots=PLOT_DPI,
     run:
-        in_process("../scripts/plot_circuits.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

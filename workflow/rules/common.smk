@@ -1,18 +1,14 @@
 # Shared by the stage files: the config's models and cells, the path patterns (fi.grid.PATHS), the
 # input functions, and one helper per concern: model_params (what a model job's outputs depend
-# on), model_resources (what it asks the scheduler for), code_hash (the code it runs), in_process
-# (where it runs).
+# on), model_resources (what it asks the scheduler for), code_hash (the code it runs). Every rule
+# runs its adapter (fi_workflow.jobs) with `run: run_job(rule, Job(...))` (fi_workflow.run), or,
+# where a job wants a process of its own, the same adapter from workflow/scripts/own_process.py.
 import re
-import threading
 from functools import lru_cache
-from pathlib import Path
-
-from snakemake.iocontainers import Snakemake
 
 import fi.dynamics_runs as dyn
 import fi.gguf as gguf_source
 import fi.resources as fi_resources
-from fi.codehash import code_hash as _code_hash
 from fi.config import validate_config
 from fi.grid import (
     PATHS,
@@ -35,6 +31,8 @@ from fi.grid import (
 )
 from fi.summary import seeds_of
 from fi.tasks import get_family
+from fi_workflow.codehash import code_hash as _code_hash
+from fi_workflow.run import Job, run_job
 
 # Bad config stops here, before any job, with a message naming the bad key and value; the schema
 # (workflow/schemas/config.schema.yaml) also fills in every default.
@@ -182,47 +180,12 @@ PARITY_MODELS = [{**m.load_params, "device": m.cfg["device"]} for m in MODELS.va
 
 @lru_cache(maxsize=None)
 def code_hash(rule):
-    """The version of the code a rule's jobs run: the content hash of workflow/scripts/<rule>.py and
-    of every fi function and module it reaches (fi.codehash), kept in the rule's params so that
-    editing that code reruns the rule's jobs. Snakemake's own code trigger compares the script's
-    mtime only, which a `git clone` resets (see profiles/default/config.yaml)."""
-    return _code_hash(Path(workflow.basedir) / "workflow" / "scripts" / f"{rule}.py")
-
-
-# ---- where a job runs: Snakemake's process, or its own ------------------------------------------
-
-_FIRST_IMPORTS = threading.Lock()
-
-
-def in_process(script, job):
-    """`run: in_process("../scripts/<rule>.py", locals())`: run the rule's script, the adapter a
-    `script:` directive would run, with the job (the run block's locals: input, output, params,
-    wildcards, threads, resources, log), in the process that runs the job (fi.stages.from_snakemake
-    gives it its log). With the workflow profile's force-use-threads that is Snakemake's own
-    process, one thread a job, so torch, transformers and TransformerLens are imported once per
-    run, not once per job: 4-5 s of a built-in-model job's 5-6 s (bench/bench_dag.py). Without it
-    (profiles/processes, or a cluster's jobs) Snakemake starts a process per job, as for any
-    `run:` rule. The trainings and GGUF conversions keep `script:`, their own process: they seed
-    torch's global generator and hold GBs, and 5 s of imports is nothing beside them."""
-    path = Path(workflow.basedir) / "workflow" / "rules" / script
-    if workflow.use_threads:
-        # importing torch or transformers' lazy modules from two threads at once is not safe
-        with _FIRST_IMPORTS:
-            import pandas
-            import torch
-            import transformer_lens.model_bridge
-    parts = ("input", "output", "params", "wildcards", "threads", "resources", "log")
-    sm = Snakemake(
-        *(job[k] for k in parts),
-        config,
-        job["rule"],
-        job["bench_iteration"],
-        scriptdir=str(path.parent),
-    )
-    exec(
-        compile(path.read_text(), str(path), "exec"),
-        {"__name__": "__snakemake_script__", "snakemake": sm},
-    )
+    """The version of the code a rule's jobs run: the content hash of the rule's adapter in
+    fi_workflow/jobs.py and of every fi function and module it reaches (fi_workflow.codehash), kept
+    in the rule's params so that editing that code reruns the rule's jobs. Snakemake's own code
+    trigger judges a `script:` rule by its script's mtime, which a `git clone` resets (see
+    profiles/default/config.yaml)."""
+    return _code_hash(rule)
 
 
 # ---- resources: what a job asks the scheduler for (fi.resources) ------------------------------

@@ -10,4 +10,4 @@ rule dataset:
         code=code_hash("dataset"),
         generation=dataset_params,
     run:
-        in_process("../scripts/dataset.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

@@ -17,4 +17,4 @@ rule discover_heads:
         explicit=explicit_heads,
         min_ld_gap=config["min_ld_gap"],
     run:
-        in_process("../scripts/discover_heads.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

@@ -25,12 +25,12 @@ rule train_dynamics_run:
         mem_mb=4000,
         runtime=60,
     params:
-        code=code_hash("dynamics_train"),
+        code=code_hash("train_dynamics_run"),
         train=lambda wc: dyn_run(wc).train,
         clamps=lambda wc: dyn.clamp_entries(dyn_run(wc)),
         discovery=config["discovery"],
     script:
-        "../scripts/dynamics_train.py"
+        "../scripts/own_process.py"
 
 
 rule measure_checkpoint:
@@ -45,13 +45,13 @@ rule measure_checkpoint:
         mem_mb=2000,
         runtime=20,
     params:
-        code=code_hash("dynamics_measure"),
+        code=code_hash("measure_checkpoint"),
         train=lambda wc: dyn_run(wc).train,
         cells=DYN_CELLS,
         head_types=config["head_types"],
         dynamics={k: config["dynamics"][k] for k in ("max_examples", "batch_size")},
     run:
-        in_process("../scripts/dynamics_measure.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule aggregate_dynamics:
@@ -64,11 +64,11 @@ rule aggregate_dynamics:
     log:
         "logs/aggregate_dynamics.log",
     params:
-        code=code_hash("dynamics_aggregate"),
+        code=code_hash("aggregate_dynamics"),
         threshold=config["dynamics"]["threshold"],
         min_gap=config["dynamics"]["min_ld_gap"],
     run:
-        in_process("../scripts/dynamics_aggregate.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule plot_dynamics:
@@ -82,7 +82,7 @@ rule plot_dynamics:
     wildcard_constraints:
         ext="png|pdf|svg",
     params:
-        code=code_hash("dynamics_plot"),
+        code=code_hash("plot_dynamics"),
         dpi=config["plots"]["dpi"],
     run:
-        in_process("../scripts/dynamics_plot.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

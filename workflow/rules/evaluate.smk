@@ -16,4 +16,4 @@ rule evaluate:
         code=code_hash("evaluate"),
         model=model_params,
     run:
-        in_process("../scripts/evaluate.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

@@ -19,7 +19,7 @@ rule function_vectors:
         model=model_params,
         function_vectors=config_slice("function_vectors", "enabled"),
     run:
-        in_process("../scripts/function_vectors.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule aggregate_function_vectors:
@@ -33,7 +33,7 @@ rule aggregate_function_vectors:
     params:
         code=code_hash("aggregate_function_vectors"),
     run:
-        in_process("../scripts/aggregate_function_vectors.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
 rule plot_function_vectors:
@@ -53,4 +53,4 @@ rule plot_function_vectors:
         code=code_hash("plot_function_vectors"),
         plots=PLOT_DPI,
     run:
-        in_process("../scripts/plot_function_vectors.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

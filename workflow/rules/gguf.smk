@@ -23,7 +23,7 @@ rule assemble_gguf:
         name=lambda wc: MODELS[wc.model].name,
         source=lambda wc: gguf_source.source_params(GGUF_SOURCES[wc.model]),
     script:
-        "../scripts/assemble_gguf.py"
+        "../scripts/own_process.py"
 
 
 rule convert_gguf:
@@ -49,4 +49,4 @@ rule convert_gguf:
         name=lambda wc: MODELS[wc.model].name,
         source=lambda wc: gguf_source.source_params(GGUF_SOURCES[wc.model]),
     script:
-        "../scripts/convert_gguf.py"
+        "../scripts/own_process.py"

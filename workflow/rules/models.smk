@@ -21,4 +21,4 @@ rule train_model:
         code=code_hash("train_model"),
         train=train_params,
     script:
-        "../scripts/train_model.py"
+        "../scripts/own_process.py"

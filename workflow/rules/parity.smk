@@ -19,4 +19,4 @@ rule parity:
         code=code_hash("parity"),
         models=PARITY_MODELS,
     script:
-        "../scripts/parity.py"
+        "../scripts/own_process.py"

@@ -18,4 +18,4 @@ rule plot_accuracy:
         code=code_hash("plot_accuracy"),
         plots=config["plots"],
     run:
-        in_process("../scripts/plot_accuracy.py", locals())
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

@@ -1,9 +1,10 @@
 """The code a rule's jobs run, and its content hash (each rule's `params.code`, common.smk).
 
-A rule's script (workflow/scripts/<rule>.py) imports one stage function (of fi.stages, or fi.parity).
-What its jobs run, found statically by parsing imports with `ast` (nothing is imported):
+A rule runs one adapter, the function of fi_workflow/jobs.py named as the rule, which imports the fi
+function it calls inside its body. What the rule's jobs run, found statically by parsing with `ast`
+(nothing is imported):
 
-* the script itself;
+* the adapter itself;
 * each fi function or class it imports, *as a definition*: its own source, the module-level
   definitions and constants of its module that it names (transitively), and every fi module it
   imports, at module level or inside the function (`from fi.training import train_model as fit`);
@@ -196,13 +197,29 @@ def _unit_code(unit: Unit) -> tuple[str, set[Unit]]:
     return "".join(_code(s) for s in stmts), deps
 
 
-def script_units(script: str | Path) -> list[Unit]:
-    """Every unit of fi code the script runs (sorted): the closure described in the module doc."""
-    tree = ast.parse(Path(script).read_text(), filename=str(script))
+def adapters_file() -> Path:
+    """fi_workflow/jobs.py, where each rule's adapter is defined (found without importing it)."""
+    spec = importlib.util.find_spec("fi_workflow.jobs")
+    if spec is None or spec.origin is None:
+        raise ImportError("module 'fi_workflow.jobs' not found")
+    return Path(spec.origin)
+
+
+def adapter(rule: str) -> ast.FunctionDef:
+    """The syntax tree of the rule's adapter, `def <rule>(job)` in fi_workflow/jobs.py."""
+    _, _, top = _parsed(adapters_file())
+    found = [s for s in top.get(rule, []) if isinstance(s, ast.FunctionDef)]
+    if not found:
+        raise KeyError(f"no adapter for rule {rule!r}: fi_workflow/jobs.py defines no function of that name")
+    return found[0]
+
+
+def adapter_units(rule: str) -> list[Unit]:
+    """Every unit of fi code the rule's adapter runs (sorted): the closure described in the module doc."""
     todo: set[Unit] = set()
-    for node in ast.walk(tree):
+    for node in ast.walk(adapter(rule)):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
-            todo |= _import_targets(node, "__main__", as_definitions=True)
+            todo |= _import_targets(node, "fi_workflow.jobs", as_definitions=True)
     seen: set[Unit] = set()
     while todo:
         unit = todo.pop()
@@ -221,10 +238,10 @@ def describe(unit: Unit) -> str:
     return rel if unit[1] is None else f"{rel}:{unit[1]}"
 
 
-def code_hash(script: str | Path) -> str:
-    """The content hash of the script and of all fi code it runs (`script_units`)."""
+def code_hash(rule: str) -> str:
+    """The content hash of the rule's adapter and of all fi code it runs (`adapter_units`)."""
     h = hashlib.sha256()
-    h.update(b"script\0" + _code(ast.parse(Path(script).read_text(), filename=str(script))).encode() + b"\0")
-    for unit in script_units(script):
+    h.update(b"adapter\0" + _code(adapter(rule)).encode() + b"\0")
+    for unit in adapter_units(rule):
         h.update(describe(unit).encode() + b"\0" + _unit_code(unit)[0].encode() + b"\0")
     return "sha256:" + h.hexdigest()[:16]

@@ -1,6 +1,6 @@
-"""Jobs that are threads of Snakemake's process (profiles/default: force-use-threads; the rules that
-run `in_process`, workflow/rules/common.smk): each job's output goes to its own log, figures come
-out as in a fresh process, and the profile without threads differs in that key only.
+"""Jobs that are threads of Snakemake's process (profiles/default: force-use-threads; every `run:`
+rule runs `run_job`, fi_workflow.run): each job's output goes to its own log, figures come out as in
+a fresh process, and the profile without threads differs in that key only.
 tests/test_workflow.py runs the tiny grid this way."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 import yaml
 
 from fi.plots import plot_accuracy, plot_head_heatmaps
-from fi.stages import from_snakemake
+from fi_workflow import jobs
+from fi_workflow.run import Job, run_job
 from tests.conftest import REPO
 from tests.test_plots import our_table
 
@@ -27,7 +28,7 @@ def test_the_processes_profile_is_the_default_one_without_threads():
     assert "force-use-threads" not in processes and processes == default
 
 
-def test_jobs_on_threads_write_to_their_own_logs(tmp_path):
+def test_jobs_on_threads_write_to_their_own_logs(tmp_path, monkeypatch):
     """Two jobs at once in one process, interleaved line by line: the logging and stderr of each
     reach its log only; a failing job's log ends with its traceback and the error is raised."""
     both_started = threading.Barrier(2)
@@ -43,15 +44,19 @@ def test_jobs_on_threads_write_to_their_own_logs(tmp_path):
             raise RuntimeError(f"{name} broke")
 
     errors = {}
+    # two rules whose adapters run `stage`
+    monkeypatch.setattr(jobs, "alpha", lambda job: stage("alpha"), raising=False)
+    monkeypatch.setattr(jobs, "beta", lambda job: stage("beta", fail=True), raising=False)
 
-    def job(name, fail=False):
-        sm = SimpleNamespace(log=[str(tmp_path / "logs" / f"{name}.log")])
+    def job(name):
+        log = [str(tmp_path / "logs" / f"{name}.log")]
         try:
-            from_snakemake(sm, stage, name=name, fail=fail)
+            run_job(name, Job(input=[], output=[], params=SimpleNamespace(), wildcards=SimpleNamespace(), threads=1,
+                              resources=SimpleNamespace(), log=log))
         except RuntimeError as err:
             errors[name] = err
 
-    threads = [threading.Thread(target=job, args=("alpha",)), threading.Thread(target=job, args=("beta", True))]
+    threads = [threading.Thread(target=job, args=("alpha",)), threading.Thread(target=job, args=("beta",))]
     for t in threads:
         t.start()
     for t in threads:

@@ -1,4 +1,0 @@
-from fi.stages import from_snakemake, plot_ablation
-
-sm = snakemake  # noqa: F821 (injected by Snakemake)
-from_snakemake(sm, plot_ablation, table=sm.input[0], output=sm.output[0], plots=sm.params.plots)
