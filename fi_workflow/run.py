@@ -47,9 +47,9 @@ def run_job(rule: str, job: Job) -> None:
     adapter = getattr(jobs, rule, None)
     if adapter is None:
         raise KeyError(f"no adapter for rule {rule!r} in fi_workflow/jobs.py")
-    _import_model_libraries()
     with job_log(job.log[0] if job.log else None):
         try:
+            _import_model_libraries()
             adapter(job)
         except BaseException as err:
             log.exception("%s failed: %s: %s", rule, type(err).__name__, err)
