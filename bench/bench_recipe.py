@@ -15,6 +15,10 @@ normal / setting1 / setting2, nmax 9, k = +-1, +-2) and over the one-letter ciph
 
     OMP_WAIT_POLICY=PASSIVE python -m bench.bench_recipe [--config config.yaml] [--model fi-toy]
         [--seeds 0 1 2] [--threads 1 2] [--bar 0.95] [--set steps=1200 lr=0.003 ...]
+
+`--timing N` instead times the recipe with --set against the config's own, side by side: N steps
+of each, alternating, --rounds times, at the first --threads; prints the best seconds per step of
+each and the whole training's estimated seconds (steps x seconds per step) and their ratio.
 """
 
 from __future__ import annotations
@@ -95,6 +99,22 @@ def one_run(name: str, train: dict, threads: int, bar: float, curves: Path | Non
     return out
 
 
+def timing(config_recipe: dict, new_recipe: dict, steps: int, rounds: int, threads: int) -> None:
+    recipes = {"config.yaml's recipe": config_recipe, "with --set": new_recipe}
+    best = {name: float("inf") for name in recipes}
+    for _ in range(rounds):
+        for name, train in recipes.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                t0 = time.perf_counter()
+                # the learning-rate schedule is cut short; the cost of a step is what is timed
+                train_model({**train, "steps": steps}, Path(tmp) / "m", threads=threads, progress=False)
+                best[name] = min(best[name], (time.perf_counter() - t0) / steps)
+    whole = {name: best[name] * recipes[name]["steps"] for name in recipes}
+    for name, train in recipes.items():
+        print(f"{name}: {1 / best[name]:.2f} steps/s, {train['steps']} steps: {whole[name]:.0f} s")
+    print(f"whole training, with --set / config.yaml's: {whole['with --set'] / whole[next(iter(recipes))]:.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default=str(REPO / "config.yaml"))
@@ -106,8 +126,12 @@ def main():
     ap.add_argument("--set", nargs="*", default=[], help="train overrides, key=value (YAML values)")
     ap.add_argument("--out", default=None, help="also write the table as CSV here")
     ap.add_argument("--curves", default=None, help="write each run's training curve as CSV into this folder")
+    ap.add_argument("--timing", type=int, default=0, help="time N steps of each recipe instead (see above)")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     base = train_cfg(args.config, args.model, args.set)
+    if args.timing:
+        return timing(train_cfg(args.config, args.model, []), base, args.timing, args.rounds, args.threads[0])
     print(f"recipe ({args.config} {args.model}{' + ' + ' '.join(args.set) if args.set else ''}): "
           f"{ {k: v for k, v in base.items() if k != 'checkpoints'} }", flush=True)
     runs = [(f"seed{s}/t{t}", {**base, "seed": s}, t) for s in args.seeds for t in args.threads]

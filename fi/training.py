@@ -102,6 +102,10 @@ def letter_shift_sequence(rng: random.Random, cfg: dict) -> list[tuple[str, bool
             out.append(deck.pop())
         return out
     segs = []
+    # A told sequence states its shift first: the shifted letters can be learnt from it before the
+    # shift can be inferred from demos (the draw is skipped at 0, keeping other recipes' data as it was).
+    if cfg.get("told_shift", 0) > 0 and rng.random() < cfg["told_shift"]:
+        segs.append((f"{k:+d}:\n", False))
     for _ in range(cfg["items"]):
         word = deal(rng.randint(1, cfg["max_word_len"]))
         shifted = [letters[(letters.index(c) + k) % 26] for c in word]

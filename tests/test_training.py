@@ -32,6 +32,30 @@ def test_letter_shift_outputs_are_the_inputs_shifted_by_one_k():
         assert all(len(src) == len(dst) >= 1 and len(src) <= 3 for src, dst in items)
 
 
+def test_a_told_sequence_states_its_own_shift_and_told_shift_0_draws_the_same_data():
+    """`told_shift` opens that share of letter_shift sequences with their shift (`+2:`), which the
+    items then follow; at 0 (the schema's default) no draw is made, so a recipe without it trains on
+    exactly the data it trained on before the option existed."""
+    told = 0
+    for seed in range(40):
+        segs = letter_shift_sequence(random.Random(seed), tiny_train_cfg(items=9, max_word_len=1, told_shift=0.5))
+        if segs[0][0].endswith(":\n"):
+            told += 1
+            assert segs[0][1] is False  # the statement carries no loss
+            k = int(segs[0][0][:-2])
+            items = _items(segs[1:])
+            assert {(LETTERS.index(d[0]) - LETTERS.index(s[0])) % 26 for s, d in items} == {k % 26}
+        else:
+            _items(segs)
+    assert 10 <= told <= 30
+    tok = build_tokenizer()
+    plain = tiny_train_cfg(mix={"addition": 0.5, "letter_shift": 0.5, "repeated_tokens": 0.0}, max_word_len=1)
+    assert "told_shift" not in plain or plain["told_shift"] == 0
+    without = make_batch(random.Random(3), {k: v for k, v in plain.items() if k != "told_shift"}, tok, 16)
+    at_zero = make_batch(random.Random(3), {**plain, "told_shift": 0.0}, tok, 16)
+    assert all((a == b).all() for a, b in zip(without, at_zero))
+
+
 def test_letter_shift_never_repeats_a_letter_before_all_26_are_used():
     """A repeated input could be answered by looking it up among earlier items, which teaches
     copying by induction instead of shifting; the cipher prompts' query never repeats a demo."""
