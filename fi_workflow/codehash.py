@@ -4,7 +4,7 @@ A rule runs one adapter, the function of fi_workflow/jobs.py named as the rule, 
 function it calls inside its body. What the rule's jobs run, found statically by parsing with `ast`
 (nothing is imported):
 
-* the adapter itself;
+* the adapter itself (fi_workflow/jobs.py holds adapters only: tests/test_code_hash.py checks);
 * each fi function or class it imports, *as a definition*: its own source, the module-level
   definitions and constants of its module that it names (transitively), and every fi module it
   imports, at module level or inside the function (`from fi.training import train_model as fit`);
@@ -91,7 +91,7 @@ def _absolute(node: ast.ImportFrom, module: str) -> str:
 
 def _import_targets(node: ast.Import | ast.ImportFrom, module: str, as_definitions: bool) -> set[Unit]:
     """The fi units an import statement in `module` loads. `from fi.x import y`: y itself when
-    `as_definitions` (the script level) and y is no module, else all of fi.x."""
+    `as_definitions` (the adapter level) and y is no module, else all of fi.x."""
     out: set[Unit] = set()
     if isinstance(node, ast.Import):
         for alias in node.names:
@@ -140,7 +140,7 @@ _WITH_DOCSTRING = (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassD
 
 def _code(node: ast.AST) -> str:
     """The node's syntax tree as text, without docstrings or positions: what running it depends on.
-    Kept per node: the trees are `_analyse`'s, one per file text, shared by every script's hash."""
+    Kept per node: the trees are `_analyse`'s, one per file text, shared by every rule's hash."""
     kept = _CODES.get(id(node))
     if kept is not None and kept[0] is node:
         return kept[1]

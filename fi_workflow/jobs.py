@@ -2,9 +2,9 @@
 input, output, params, wildcards, threads, resources, log; fi_workflow.run.Job) -> the keyword
 arguments of the one fi function the rule runs, which it calls.
 
-Each adapter imports its fi function in its body: planning (common.smk) imports this module and so
-loads no torch, and fi_workflow.codehash hashes each rule as its adapter with exactly the fi code
-that adapter reaches (a rule's `params.code`)."""
+Each adapter imports its fi function in its body, and the module holds nothing but adapters: so
+fi_workflow.codehash hashes each rule as its adapter with exactly the fi code that adapter reaches
+(a rule's `params.code`; tests/test_code_hash.py checks the module's shape)."""
 
 from __future__ import annotations
 

@@ -5,11 +5,13 @@ target.
 
 Under the workflow profile's force-use-threads (profiles/default) a `run:` job is a thread of
 Snakemake's own process, one thread a job, so torch, transformers and TransformerLens are imported
-once per run, not once per job (4-5 s of a built-in-model job's 5-6 s, bench/bench_jobs.py), and
+once per run, not once per job (4-5 s of a built-in-model job's 5-6 s, bench/bench_dag.py), and
 jobs of one model share its load (fi.models.MODEL_CACHE). Everything that makes that safe for the
 workflow lives here: each job's log is the target of its thread only, and the first imports of
-torch and TransformerLens happen under a lock. Without force-use-threads (profiles/processes, or a
-cluster's jobs) Snakemake starts a process per job, as for any `run:` rule.
+torch and TransformerLens happen under a lock (common.smk's run_job says whether jobs share the
+process; a job of its own process imports only what its stage needs). Without
+force-use-threads (profiles/processes, or a cluster's jobs) Snakemake starts a process per job, as
+for any `run:` rule.
 
 Any error is logged with its traceback (so the log names it) and re-raised, which makes Snakemake
 fail the job and delete its outputs; the stages write atomically, so nothing half-written is left
@@ -40,8 +42,10 @@ class Job(NamedTuple):
     log: Any
 
 
-def run_job(rule: str, job: Job) -> None:
-    """Run the rule's adapter (fi_workflow.jobs.<rule>) on the job, with the job's log."""
+def run_job(rule: str, job: Job, share_process: bool = False) -> None:
+    """Run the rule's adapter (fi_workflow.jobs.<rule>) on the job, with the job's log.
+    `share_process`: the job is one of several threads of this process (Snakemake's
+    `workflow.use_threads`), so the model libraries are imported first, by one job at a time."""
     from fi_workflow import jobs
 
     adapter = getattr(jobs, rule, None)
@@ -49,7 +53,8 @@ def run_job(rule: str, job: Job) -> None:
         raise KeyError(f"no adapter for rule {rule!r} in fi_workflow/jobs.py")
     with job_log(job.log[0] if job.log else None):
         try:
-            _import_model_libraries()
+            if share_process:
+                _import_model_libraries()
             adapter(job)
         except BaseException as err:
             log.exception("%s failed: %s: %s", rule, type(err).__name__, err)

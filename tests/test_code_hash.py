@@ -137,3 +137,17 @@ def test_the_package_init_holds_no_code():
         is_doc = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
         is_constant = isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)
         assert is_doc or is_constant, ast.dump(stmt)
+
+
+def test_the_adapters_module_holds_adapters_only():
+    """A rule's hash covers its adapter's own body and what it imports there; a module-level helper
+    or import in fi_workflow/jobs.py that an adapter used would be left out of every hash. So the
+    module holds a docstring, `from __future__ import annotations` and one function per rule, each
+    taking the job alone."""
+    tree = ast.parse(codehash.adapters_file().read_text())
+    body = tree.body[1:] if isinstance(tree.body[0], ast.Expr) else tree.body
+    assert isinstance(body[0], ast.ImportFrom) and body[0].module == "__future__"
+    functions = body[1:]
+    assert all(isinstance(f, ast.FunctionDef) for f in functions), [ast.dump(f)[:80] for f in functions]
+    assert sorted(f.name for f in functions) == RULES
+    assert all([a.arg for a in f.args.args] == ["job"] and not f.decorator_list for f in functions)

@@ -32,7 +32,8 @@ from fi.grid import (
 from fi.summary import seeds_of
 from fi.tasks import get_family
 from fi_workflow.codehash import code_hash as _code_hash
-from fi_workflow.run import Job, run_job
+from fi_workflow.run import Job
+from fi_workflow.run import run_job as _run_job
 
 # Bad config stops here, before any job, with a message naming the bad key and value; the schema
 # (workflow/schemas/config.schema.yaml) also fills in every default.
@@ -186,6 +187,12 @@ def code_hash(rule):
     trigger judges a `script:` rule by its script's mtime, which a `git clone` resets (see
     profiles/default/config.yaml)."""
     return _code_hash(rule)
+
+
+def run_job(rule, job):
+    """`run: run_job(rule, Job(...))`: the rule's adapter on the job (fi_workflow.run), told whether
+    jobs are threads of one process (force-use-threads: the first imports the model libraries)."""
+    _run_job(rule, job, share_process=workflow.use_threads)
 
 
 # ---- resources: what a job asks the scheduler for (fi.resources) ------------------------------
