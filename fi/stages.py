@@ -83,8 +83,6 @@ def plot_accuracy(table: str, task: str, output: str, plots: dict) -> None:
     plot(df[df["task"] == task], output, task=task, dpi=plots["dpi"], reference=reference)
 
 
-# ---- Snakemake adapter --------------------------------------------------------------------------
-
 # ---- circuit discovery (issue: head attribution) --------------------------------------------------
 
 @contextmanager
