@@ -43,7 +43,8 @@ import torch
 
 from fi.interventions import Intervention, pattern_hook, z_hook
 from fi.io import progress
-from fi.patching import Receiver, RunCache, path_patching, path_patching_to_heads, run_with_interventions
+from fi.patching import (Receiver, RunCache, default_rows_per_pass, path_patching, path_patching_to_heads,
+                         run_with_interventions)
 from fi.readout import run_to_final_resid
 
 GROUPS = ("previous_token", "function_induction", "consolidation")
@@ -275,18 +276,35 @@ def _interventions(cache: RunCache, i: int, kept: Sequence[tuple[Head, str]] | N
     return out
 
 
+def _variant_key(kept: Sequence | None, knocked: Sequence) -> tuple:
+    """What a (kept, knocked) variant patches, independent of order and of lists vs tuples: two
+    variants with one key are the same run (the masks of _interventions are unions of sets)."""
+    def canonical(pairs):
+        return frozenset((tuple(map(int, head)), group) for head, group in pairs)
+    return None if kept is None else canonical(kept), canonical(knocked)
+
+
 def circuit_lds(model, cache: RunCache, variants: Sequence[tuple[Sequence | None, Sequence]],
-                rows_per_pass: int = 256) -> list[float]:
+                rows_per_pass: int | None = None) -> list[float]:
     """Mean LD of the contrast run under each (kept, knocked) variant (see _interventions), variants
-    stacked along the batch: the paper's `eval_circuit_batched` score, divided by the prompt count."""
-    totals = torch.zeros(len(variants))
+    stacked along the batch: the paper's `eval_circuit_batched` score, divided by the prompt count.
+    A variant already run on this cache is not run again (`cache.variant_lds`): the completeness
+    search and minimality revisit the same C \\ K many times (rollouts drawing the same heads, the
+    rollouts' K scored again, C \\ K for every v not in K)."""
+    rows_per_pass = rows_per_pass or default_rows_per_pass(model)
+    keys = [_variant_key(kept, knocked) for kept, knocked in variants]
+    todo = list(dict.fromkeys(k for k in keys if k not in cache.variant_lds))
+    todo_variants = [variants[keys.index(k)] for k in todo]
+    totals = torch.zeros(len(todo))
     for i, chunk in enumerate(cache.chunks):
         per_pass = max(1, rows_per_pass // chunk.size)
-        for start in range(0, len(variants), per_pass):
-            block = variants[start:start + per_pass]
+        for start in range(0, len(todo), per_pass):
+            block = todo_variants[start:start + per_pass]
             ivs = [_interventions(cache, i, kept, knocked) for kept, knocked in block]
             totals[start:start + len(block)] += run_with_interventions(model, cache, i, ivs).sum(1)
-    return [float(x) for x in totals / cache.data.size]
+    for key, total in zip(todo, totals / cache.data.size):
+        cache.variant_lds[key] = float(total)
+    return [cache.variant_lds[k] for k in keys]
 
 
 def to_f(cache: RunCache, ld: float) -> float:
@@ -295,7 +313,7 @@ def to_f(cache: RunCache, ld: float) -> float:
 
 
 def faithfulness_many(model, cache: RunCache, variants: Sequence[tuple[Sequence | None, Sequence]],
-                      rows_per_pass: int = 256) -> list[float]:
+                      rows_per_pass: int | None = None) -> list[float]:
     """F of each (kept, knocked) variant (see _interventions)."""
     return [to_f(cache, ld) for ld in circuit_lds(model, cache, variants, rows_per_pass)]
 

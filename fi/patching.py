@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import torch
@@ -296,7 +296,9 @@ class RunCache:
     normal[i], contrast[i] hook name -> activation of that run: z [B, T, H, d_head], resid_pre
                            [B, T, d_model]
     ld_normal, ld_contrast [N] LD per example of each run (ld_contrast None and contrast empty in a
-                           normal-run-only cache: build_normal_cache)"""
+                           normal-run-only cache: build_normal_cache)
+    variant_lds            mean LD of each circuit variant already run on these prompts
+                           (fi.circuit.circuit_lds), so that no variant runs twice"""
 
     data: PatchingData
     route: Route
@@ -307,6 +309,7 @@ class RunCache:
     ld_contrast: torch.Tensor | None
     n_layers: int
     n_heads: int
+    variant_lds: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def mean_ld_normal(self) -> float:

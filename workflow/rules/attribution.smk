@@ -16,6 +16,7 @@ rule attribute:
         code=code_hash("attribute"),
         model=model_params,
         attribution=config_slice("attribution", "cells"),
+    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 

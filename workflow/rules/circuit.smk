@@ -19,6 +19,7 @@ rule find_circuit:
         circuit=circuit_params,
         explicit=explicit_groups,
         min_ld_gap=config["min_ld_gap"],
+    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
@@ -67,6 +68,7 @@ rule evaluate_circuit:
         circuit=circuit_params,
         generation=circuit_generation_params,
         min_ld_gap=config["min_ld_gap"],
+    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 

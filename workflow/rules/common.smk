@@ -48,6 +48,9 @@ wildcard_constraints:
 
 
 MODELS = {m.id: m for m in models(config)}
+# The circuit chain (attribute -> discover_heads, find_circuit -> evaluate_circuit) holds a model's
+# longest jobs: started before the many short evaluate jobs, they do not end a run alone on one core.
+CIRCUIT_CHAIN_PRIORITY = 1
 TASKS = task_names(config)
 
 

@@ -16,5 +16,6 @@ rule discover_heads:
         discovery=config_slice("discovery", "heads"),
         explicit=explicit_heads,
         min_ld_gap=config["min_ld_gap"],
+    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
