@@ -43,8 +43,7 @@ import torch
 
 from fi.interventions import Intervention, pattern_hook, z_hook
 from fi.io import progress
-from fi.patching import (Receiver, RunCache, default_rows_per_pass, path_patching, path_patching_to_heads,
-                         run_with_interventions)
+from fi.patching import Receiver, RunCache, default_rows_per_pass, path_patching, path_patching_to_heads, run_with_interventions
 from fi.readout import run_to_final_resid
 
 GROUPS = ("previous_token", "function_induction", "consolidation")

@@ -21,6 +21,8 @@ PATHS = {
     "dataset": "results/datasets/{task}/{variant}.jsonl",
     "model": "results/models/{model}",
     "eval": "results/eval/{model}/{task}/{variant}/shots{shots}.parquet",
+    # a model with `evaluate_jobs: task`: all its cells of one task family, evaluated by one job
+    "eval_task": "results/eval_by_task/{model}/{task}.parquet",
     "attribution": "results/attribution/{model}/{task}/{variant}/shots{shots}.parquet",
     "head_types": "results/head_types/{model}.parquet",
     "heads": "results/heads/{model}.json",
@@ -141,6 +143,29 @@ def cells(config: dict) -> list[Cell]:
         for v in variants(config, t)
         for s in config["shots"]
     ]
+
+
+def evaluates_per_task(entry: ModelEntry) -> bool:
+    """The model's evaluation cells run one job per task family (`evaluate_jobs: task`): one model
+    load for all of them, where a job per cell loads the model once per cell."""
+    return entry.cfg.get("evaluate_jobs", "cell") == "task"
+
+
+def task_cells(config: dict, mid: str, task: str) -> list[Cell]:
+    """The cells of one model and task family, in grid order (one `evaluate_task` job's cells)."""
+    return [c for c in cells(config) if c.model == mid and c.task == task]
+
+
+def evaluation_outputs(config: dict) -> list[str]:
+    """Every evaluation file the accuracy tables read, in grid order: one per cell, or one per task
+    family for a model that evaluates per task (its rows in the same order)."""
+    per_task = {m.id for m in models(config) if evaluates_per_task(m)}
+    out: list[str] = []
+    for c in cells(config):
+        path = PATHS["eval_task"].format(model=c.model, task=c.task) if c.model in per_task else eval_path(c)
+        if path not in out:
+            out.append(path)
+    return out
 
 
 def _cell(m: str, c: dict) -> Cell:

@@ -9,9 +9,10 @@ from fi.grid import ModelEntry
 MODEL_RESOURCE_DEFAULTS = {"gpus": 0, "mem_mb": 4000, "runtime": 30}
 # A model's `resources.mem_mb` / `runtime` are those of one evaluate job; other rules take multiples
 # (memory, runtime): attribution keeps two runs' activations and does L x H patched passes; ablation
-# evaluates the cell once per head set.
-RULE_RESOURCE_SCALE = {"evaluate": (1, 1), "head_types": (1, 1), "discover_heads": (1, 1), "ablate": (1, 2),
-                       "attribute": (2, 4), "parity": (1, 1), "find_circuit": (2, 4), "draw_circuit": (1, 1),
+# evaluates the cell once per head set; a job of all a model's cells of one task family
+# (evaluate_task) gets 8x the runtime unless the model's `resources.task_runtime` says how long.
+RULE_RESOURCE_SCALE = {"evaluate": (1, 1), "evaluate_task": (1, 8), "head_types": (1, 1), "discover_heads": (1, 1),
+                       "ablate": (1, 2), "attribute": (2, 4), "parity": (1, 1), "find_circuit": (2, 4), "draw_circuit": (1, 1),
                        "evaluate_circuit": (2, 4), "circuit_overlap": (1, 2), "function_vectors": (1, 1)}
 
 
@@ -20,8 +21,10 @@ def job_resources(entry: ModelEntry, rule: str, attempt: int = 1) -> dict:
     and gpu (the count that snakemake's SLURM executor turns into --gpus) of one job of `rule`."""
     r = {**MODEL_RESOURCE_DEFAULTS, **(entry.cfg.get("resources") or {})}
     mem_x, time_x = RULE_RESOURCE_SCALE[rule]
-    return {"mem_mb": int(r["mem_mb"] * mem_x), "runtime": int(r["runtime"] * time_x * max(1, attempt)),
-            "gpu": int(r["gpus"])}
+    runtime = r["runtime"] * time_x
+    if rule == "evaluate_task" and r.get("task_runtime"):
+        runtime = r["task_runtime"]
+    return {"mem_mb": int(r["mem_mb"] * mem_x), "runtime": int(runtime * max(1, attempt)), "gpu": int(r["gpus"])}
 
 
 def batch_size(entry: ModelEntry, attempt: int = 1) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fi.io import read_jsonl, write_csv, write_jsonl, write_parquet
+from fi.io import progress, read_jsonl, write_csv, write_jsonl, write_parquet
 from fi.tasks import get_family
 
 log = logging.getLogger("fi")
@@ -35,22 +35,41 @@ def train_model(train: dict, output: str, threads: int | None = None) -> None:
 def evaluate(model: dict, task: str, variant: str, shots: int, dataset: str, output: str,
              batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
     """Score one cell; writes per-example rows keyed by model, task, variant fields and shots."""
-    from fi.evaluation import evaluate_task
-
     t0 = time.perf_counter()
     with model_in_use(model, device, threads) as loaded:
-        t1 = time.perf_counter()
-        family = get_family(task)
-        v = family.parse_variant(variant)
-        df = evaluate_task(loaded, family, v, read_jsonl(dataset), int(shots), batch_size=batch_size)
-        t2 = time.perf_counter()
-        keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
-        for i, (k, val) in enumerate(keys.items()):
-            df.insert(i, k, val)
+        log.info("%s loaded in %.1fs", model["name"], time.perf_counter() - t0)
+        df = _evaluate_cell(loaded, model, task, variant, shots, dataset, batch_size)
         write_parquet(df, output)
-        log.info("%s %s %s shots=%s: cf_acc %.3f orig_acc %.3f (load %.1fs, eval %.1fs)", model["name"],
-                 task, variant, shots, df["cf_correct"].mean(), df["orig_correct"].mean(), t1 - t0, t2 - t1)
         return df
+
+
+def evaluate_task(model: dict, task: str, cells: list[tuple[str, int]], datasets: dict[str, str], output: str,
+                  batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+    """Score every (variant, shots) cell of one task family with one load of the model; writes their
+    per-example rows, in the order of `cells`, as one table (the rows `evaluate` writes per cell)."""
+    t0 = time.perf_counter()
+    with model_in_use(model, device, threads) as loaded:
+        log.info("%s loaded in %.1fs; %d cells of %s", model["name"], time.perf_counter() - t0, len(cells), task)
+        df = pd.concat([_evaluate_cell(loaded, model, task, variant, shots, datasets[variant], batch_size)
+                        for variant, shots in progress(cells, f"{task} cells")], ignore_index=True)
+        write_parquet(df, output)
+        return df
+
+
+def _evaluate_cell(loaded, model: dict, task: str, variant: str, shots: int, dataset: str,
+                   batch_size: int) -> pd.DataFrame:
+    from fi.evaluation import evaluate_task as score
+
+    t0 = time.perf_counter()
+    family = get_family(task)
+    v = family.parse_variant(variant)
+    df = score(loaded, family, v, read_jsonl(dataset), int(shots), batch_size=batch_size)
+    keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+    for i, (k, val) in enumerate(keys.items()):
+        df.insert(i, k, val)
+    log.info("%s %s %s shots=%s: cf_acc %.3f orig_acc %.3f (eval %.1fs)", model["name"], task, variant, shots,
+             df["cf_correct"].mean(), df["orig_correct"].mean(), time.perf_counter() - t0)
+    return df
 
 
 def aggregate(cells: list[str], table: str, paper: str, predictions: str) -> pd.DataFrame:

@@ -47,6 +47,15 @@ def evaluate(job):
                     threads=job.threads)
 
 
+def evaluate_task(job):
+    from fi.stages import evaluate_task
+
+    return evaluate_task(model=job.params.model, task=job.wildcards.task,
+                         cells=[(variant, int(shots)) for variant, shots, _ in job.params.cells],
+                         datasets={variant: dataset for variant, _, dataset in job.params.cells}, output=job.output[0],
+                         batch_size=job.resources.batch_size, device=job.resources.device, threads=job.threads)
+
+
 def aggregate(job):
     from fi.stages import aggregate
 

@@ -102,6 +102,25 @@ def test_faithfulness_and_completeness_equal_the_definitions(toy, one_torch_thre
     assert abs(reference_ld(toy, data, None, at_circuit_positions) - ld_m) > 1e-4
 
 
+def test_a_variant_runs_once_per_cache_with_the_same_ld(toy, one_torch_thread, monkeypatch):
+    """The completeness search and minimality ask for the same C \\ K many times: each distinct
+    variant (whatever the order of its heads) runs once on a cache, and asking again gives its LD."""
+    cache = cache_for(toy)
+    runs = []
+    real = fc.run_with_interventions
+    monkeypatch.setattr(fc, "run_with_interventions",
+                        lambda model, c, i, ivs, *a, **k: runs.append(len(ivs)) or real(model, c, i, ivs, *a, **k))
+    heads = fc.circuit_heads(CIRCUIT)
+    first = fc.circuit_lds(toy, cache, [(heads, ()), ([], [((1, 0), "everywhere")])])
+    n_runs = sum(runs)
+    again = fc.circuit_lds(toy, cache, [(list(reversed(heads)), ()), ([], [([1, 0], "everywhere")]), (heads, ())])
+    assert sum(runs) == n_runs  # nothing new to run
+    assert again == [first[0], first[1], first[0]]
+    # a fresh cache computes the same numbers
+    fresh = fc.circuit_lds(toy, cache_for(toy), [(heads, ()), ([], [((1, 0), "everywhere")])])
+    assert fresh == pytest.approx(first, abs=1e-6)
+
+
 def paper_greedy(score, all_heads, rng, steps=5, n=5):
     """The paper's one_greedy_search (3_circuit_eval_and_analysis/circuit_eval_offline.py), written
     out plainly, with `score(K) -> (score_A, score_B)` for its get_completeness_score."""

@@ -25,7 +25,7 @@ def rule_blocks() -> dict[str, str]:
 
 RULES = sorted(rule for rule in rule_blocks() if rule != "all")
 # the stages that run fi.evaluation
-MODEL_STAGES = {"evaluate", "discover_heads", "ablate", "circuit_overlap", "measure_checkpoint"}
+MODEL_STAGES = {"evaluate", "evaluate_task", "discover_heads", "ablate", "circuit_overlap", "measure_checkpoint"}
 
 
 def covered(rule: str) -> list[str]:

@@ -56,6 +56,19 @@ def test_paper_config_has_the_papers_models_tasks_and_shots(monkeypatch):
     assert {cell.model for cell in grid.attribution_cells(c)} == discovered
 
 
+def test_paper_grid_loads_each_model_once_per_task_family(monkeypatch):
+    """The paper grid's evaluation on a cluster: a job (one load of its model) per model and task
+    family, hundreds of cells each, where a job per cell would load a model 1,115 times."""
+    c = paper_config(monkeypatch)
+    assert all(grid.evaluates_per_task(m) for m in grid.models(c))
+    cells_per_job = {}
+    for cell in grid.cells(c):
+        cells_per_job[cell.model, cell.task] = cells_per_job.get((cell.model, cell.task), 0) + 1
+    assert len(cells_per_job) == 8 * 3
+    assert sorted(set(cells_per_job.values())) == [160, 250, 705]  # base-k, cipher, addition
+    assert grid.evaluation_outputs(c) == [grid.PATHS["eval_task"].format(model=m, task=t) for m, t in cells_per_job]
+
+
 def test_paper_addition_cells_are_the_papers(monkeypatch):
     if not REFERENCE_CSV.exists():
         pytest.skip(f"paper table not found at {REFERENCE_CSV} (set FI_REFERENCE_DIR)")
@@ -86,7 +99,8 @@ def test_paper_dag_builds_offline_with_only_the_papers_models(tmp_path):
     proc = snakemake(tmp_path, "-n", "--quiet", "rules", "--configfile", str(PAPER), env={"FI_HUB_CHECK": "off"})
     text = proc.stdout + proc.stderr
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text, flags=re.M))
-    assert int(counts["evaluate"]) == 8920 and int(counts["dataset"]) == 223
+    # one evaluation job (one model load) per model and task family, none per cell
+    assert int(counts["evaluate_task"]) == 8 * 3 and "evaluate" not in counts and int(counts["dataset"]) == 223
     assert "train_model" not in counts and int(counts["attribute"]) == 7 and int(counts["head_types"]) == 8
     assert not (tmp_path / "results").exists()
 
@@ -226,6 +240,9 @@ def test_model_resources_scale_per_rule_and_attempt(monkeypatch):
     assert [resources.job_resources(default, r)["mem_mb"] for r in ("evaluate", "attribute", "ablate")] == [4000, 8000, 4000]
     assert [resources.job_resources(default, r)["runtime"] for r in ("evaluate", "attribute", "ablate")] == [30, 120, 60]
     assert resources.job_resources(default, "evaluate")["gpu"] == 0
+    # a job per task family: its own time limit, or 8 evaluate jobs' (and more on a retry)
+    assert resources.job_resources(gemma, "evaluate_task", attempt=2) == {"mem_mb": 64000, "runtime": 1440, "gpu": 1}
+    assert resources.job_resources(default, "evaluate_task")["runtime"] == 240
 
 
 def profile_retries(path: Path) -> int:

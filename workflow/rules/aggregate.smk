@@ -3,7 +3,7 @@
 
 rule aggregate:
     input:
-        [eval_path(c) for c in CELLS],
+        evaluation_outputs(config),
     output:
         table=PATHS["accuracy_table"],
         paper=PATHS["paper_table"],

@@ -21,12 +21,14 @@ from fi.grid import (
     cells,
     dataset_path,
     discovery_cell,
-    eval_path,
+    evaluates_per_task,
+    evaluation_outputs,
     function_vector_datasets,
     function_vectors_enabled,
     head_types_path,
     heads_path,
     models,
+    task_cells,
     task_names,
 )
 from fi.summary import seeds_of
@@ -126,6 +128,23 @@ def model_input(m):
 def model_inputs(wildcards):
     path = model_input(MODELS[wildcards.model])
     return {"model": path} if path else {}
+
+
+def models_evaluated_per(kind):
+    """A {model} constraint: the ids of the models whose evaluation jobs are per `kind` (cell or
+    task, the model's `evaluate_jobs`); one that matches nothing when there are none."""
+    ids = [re.escape(m.id) for m in MODELS.values() if evaluates_per_task(m) == (kind == "task")]
+    return "|".join(ids) or "(?!)"
+
+
+def evaluate_task_inputs(wildcards):
+    return {**model_inputs(wildcards), "datasets": sorted({d for _, _, d in task_cells_params(wildcards)})}
+
+
+def task_cells_params(wildcards):
+    """[variant, shots, dataset] of each cell of an evaluate_task job, in grid order."""
+    return [[c.variant, c.shots, dataset_path(c.task, c.variant)]
+            for c in task_cells(config, wildcards.model, wildcards.task)]
 
 
 def discovery_inputs(wildcards):

@@ -1,4 +1,5 @@
-# Evaluate: one job per (model, task variant, shots) cell; per-example scores.
+# Evaluate: one job per (model, task variant, shots) cell; per-example scores. A model with
+# `evaluate_jobs: task` evaluates its cells in one job per task family instead (one model load).
 
 
 rule evaluate:
@@ -15,5 +16,28 @@ rule evaluate:
     params:
         code=code_hash("evaluate"),
         model=model_params,
+    wildcard_constraints:
+        model=models_evaluated_per("cell"),
+    run:
+        run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
+
+
+rule evaluate_task:
+    input:
+        unpack(evaluate_task_inputs),
+    output:
+        PATHS["eval_task"],
+    log:
+        "logs/evaluate_task/{model}/{task}.log",
+    threads: 1
+    resources:
+        **model_resources("evaluate_task", batched=True),
+    params:
+        code=code_hash("evaluate_task"),
+        model=model_params,
+        # the family's cells: adding one reruns this job (and only this one)
+        cells=task_cells_params,
+    wildcard_constraints:
+        model=models_evaluated_per("task"),
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
