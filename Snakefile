@@ -21,7 +21,7 @@ if not workflow.overwrite_configfiles:
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Hub model names are checked (local HF cache, or the hub) once, by the main snakemake process; the
-# job processes a cluster starts do not repeat it (see fi.hub.hub_check_mode).
+# job processes a cluster starts do not repeat it (see fi.plan.hub.hub_check_mode).
 if not workflow.is_main_process:
     os.environ.setdefault("FI_HUB_CHECK", "off")
 

@@ -3,7 +3,7 @@ side by side in one run, on the same model, heads and prompts.
 
 The paper's loop (section 4 notebooks): per example, four forward passes: the normal prompt with
 each of the two answers appended (caching the FI heads' z), then the contrast prompt with each
-answer appended and the FI heads' z patched from the matching normal run. `fi.ablation` scores the
+answer appended and the FI heads' z patched from the matching normal run. `fi.methods.ablation` scores the
 same four (prompt, answer) pairs in length-sorted batches and takes the normal runs' z on the way.
 
     python -m bench.bench_ablation [--model results/models/fi-toy] [--heads 0.3]
@@ -22,11 +22,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.ablation import ablated_scores, by_layer  # noqa: E402
-from fi.answers import answer_token_ids, answer_vocabulary  # noqa: E402
-from fi.models import load_model  # noqa: E402
-from fi.patching import z_hook  # noqa: E402
-from fi.tasks import get_family  # noqa: E402
+from fi.engine.answers import answer_token_ids, answer_vocabulary  # noqa: E402
+from fi.engine.models import load_model  # noqa: E402
+from fi.engine.patching import z_hook  # noqa: E402
+from fi.methods.ablation import ablated_scores, by_layer  # noqa: E402
+from fi.plan.tasks import get_family  # noqa: E402
 
 
 def paper_loop(model, examples, vocab, heads):

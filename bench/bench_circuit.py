@@ -4,11 +4,11 @@ per-receiver loop, side by side in one run.
 Cell: the discovery cell (addition setting1, nmax 9, offset +1, 4 shots), as the workflow's circuit
 stage uses it. What is timed:
 
-* the stage: `fi.patching.build_cache` (the normal and contrast runs, once) + `fi.circuit.
+* the stage: `fi.engine.patching.build_cache` (the normal and contrast runs, once) + `fi.methods.circuit.
   iterated_path_patching` (path patching to the output, then to each receiver head's v input, level
   by level). Every receiver the stage visits is recorded (its full [L, H] score matrix too).
 * the paper's per-receiver loop for the same receivers (the output and every receiver visited):
-  - `fi.reference.reference_path_patching`, as it stands: per receiver, per sender head, per batch of
+  - `fi.engine.reference.reference_path_patching`, as it stands: per receiver, per sender head, per batch of
     4 prompts, the normal and contrast runs again (z cached) and then run 1 (every head's z frozen to
     its contrast value but the sender's) and, for a head receiver, run 2 (a clean contrast run with
     the receiver's v input from run 1); full logits. It runs all L x H senders for every receiver.
@@ -17,11 +17,11 @@ stage uses it. What is timed:
     passes per sender and batch. On a large model it runs on a subset of senders per receiver and
     is extrapolated: in this loop every sender costs the same (full passes whatever its layer), so
     its time is baselines + per-sender time x senders. Two sender counts: all L x H (what the loop
-    and fi.reference run) and, for a head receiver, only the senders below its layer (a lower bound
+    and fi.engine.reference run) and, for a head receiver, only the senders below its layer (a lower bound
     for the paper's loop: the others have no path to it).
   Agreement: max |fi - loop| over the senders run, on the logit-difference scale (normalised score x
   |LD_contrast - LD_normal|) <= 1e-4, as tests/test_patching.py's `scaled_close`.
-* `fi.circuit.completeness_search` (variants stacked along the batch by `circuit_lds`) against
+* `fi.methods.circuit.completeness_search` (variants stacked along the batch by `circuit_lds`) against
   the same search with one variant per `circuit_lds` call; patched runs counted (variants x
   prompts, and batched forward passes), same rollouts checked.
 
@@ -35,7 +35,7 @@ CPU-minutes). Everything runs in one process: peak RSS is printed after each mod
     OMP_WAIT_POLICY=PASSIVE nice -n 10 python -m bench.bench_circuit [--threads 2]
 
 Measured 2026-11-21, 2 threads, on the 2-core machine shared with other jobs (load 5-10; 512 s wall,
-368 s CPU, peak RSS 2.3 GB): built-in model, stage 0.29 s vs fi.reference 5.63 s (19.6x) and the
+368 s CPU, peak RSS 2.3 GB): built-in model, stage 0.29 s vs fi.engine.reference 5.63 s (19.6x) and the
 hoisted loop 1.81 s (6.3x); search 1.95 s stacked vs 4.57 s unstacked (2.3x; quiet, 1 thread: 10.5x,
 5.1x, 1.2x). Gemma-3-270M, 8 prompts: stage 243 s (7 s runs + 236 s path patching, 4 head receivers at
 48-66 s each) vs the loop extrapolated 2909 s all senders (12.0x) / 1941 s senders below (8.0x),
@@ -58,11 +58,11 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.bench_patching import paper_sender_loop, timed
-from fi import circuit as fc
-from fi.models import load_model
-from fi.patching import Receiver, build_cache, build_patching_data, logit_diff, z_hook
-from fi.reference import frozen_z_hooks, head_receiver_logits, reference_path_patching
-from fi.tasks import get_family
+from fi.engine.models import load_model
+from fi.engine.patching import Receiver, build_cache, build_patching_data, logit_diff, z_hook
+from fi.engine.reference import frozen_z_hooks, head_receiver_logits, reference_path_patching
+from fi.methods import circuit as fc
+from fi.plan.tasks import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT, SHOTS = "setting1_nmax9_offset1", 4
@@ -82,7 +82,7 @@ def discovery_data(model, n):
 
 
 class Recorder:
-    """Wraps fi.circuit's `path_patching` (the output) and `path_patching_to_heads` (a level's
+    """Wraps fi.methods.circuit's `path_patching` (the output) and `path_patching_to_heads` (a level's
     receiver set) to record every receiver the stage visits and its scores; a set's seconds are
     split evenly over its receivers."""
 
@@ -112,7 +112,7 @@ class Recorder:
 
 
 class RunCounter:
-    """Counts fi.circuit's patched runs: batched forward passes and rows (variants x prompts)."""
+    """Counts fi.methods.circuit's patched runs: batched forward passes and rows (variants x prompts)."""
 
     def __init__(self):
         self.passes = self.rows = self.variants = 0
@@ -149,7 +149,7 @@ def unstacked_search(model, cache, circuit, *args):
 
 def kv_sharing(model, calls):
     """Head receivers that share a key-value group: path patching to a GQA head's k input patches
-    the group's one k (fi.patching and fi.reference alike), so such receivers get identical scores;
+    the group's one k (fi.engine.patching and fi.engine.reference alike), so such receivers get identical scores;
     q and v inputs are each head's own."""
     H = model.n_heads
     n_kv = int(getattr(model.bridge.cfg, "n_key_value_heads", None) or H)
@@ -172,7 +172,7 @@ def paper_loop(model, data, receiver: Receiver, senders, batch=4):
     """The paper's per-receiver loop on `senders`: per batch of 4 prompts the normal and contrast runs
     (z cached, LDs from full logits), then per sender run 1 (frozen z, the sender's normal) and, for a
     head receiver, run 2 (clean contrast run, the receiver's input from run 1;
-    fi.reference.head_receiver_logits). Full passes, full logits. Returns ({sender: normalised
+    fi.engine.reference.head_receiver_logits). Full passes, full logits. Returns ({sender: normalised
     score}, baseline seconds, sender seconds)."""
     b = model.bridge
     L, H = model.n_layers, model.n_heads
@@ -237,7 +237,7 @@ def discovered_circuit(model, cache, edges, attention_threshold=0.2):
 def bench_builtin(args):
     path = Path(args.model)
     if not (path / "config.json").exists():
-        from fi.training import train_model
+        from fi.build.training import train_model
         from tests.conftest import TRAINED_TOY, tiny_train_cfg
         path = Path(tempfile.mkdtemp()) / "toy"
         print(f"(no trained built-in model at {args.model}: training tests.conftest's TRAINED_TOY recipe)")
@@ -273,7 +273,7 @@ def bench_builtin(args):
             _, sb, ss = paper_loop(model, data, receiver, sub)
             extrap, measured = sb + ss / len(sub) * L * H, t_b + t_s
     ok = worst <= TOL and worst_h <= TOL
-    print(f"paper loop, fi.reference.reference_path_patching, same {len(calls)} receivers, all {L * H} senders each "
+    print(f"paper loop, fi.engine.reference.reference_path_patching, same {len(calls)} receivers, all {L * H} senders each "
           f"(normal + contrast runs redone per sender) {t_ref:8.2f}s   ratio paper/fi stage "
           f"{t_ref / (t_cache + t_ipp):6.1f}x")
     print(f"paper loop, normal + contrast runs once per batch, same receivers and senders              "

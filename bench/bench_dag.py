@@ -101,7 +101,7 @@ def default_model_dir() -> tuple[Path, str]:
     import torch
     import yaml
 
-    from fi.training import build_model, build_tokenizer
+    from fi.build.training import build_model, build_tokenizer
     from tests.conftest import tiny_train_cfg
 
     cfg = tiny_train_cfg(**yaml.safe_load((REPO / "config.yaml").read_text())["models"]["fi-toy"]["train"])
@@ -127,10 +127,10 @@ def logged_eval_seconds() -> list[float]:
 def measured_eval_seconds(model) -> list[float]:
     import yaml
 
-    from fi.config import validate_config
-    from fi.evaluation import evaluate_task
-    from fi.grid import cells
-    from fi.tasks import get_family
+    from fi.methods.evaluation import evaluate_task
+    from fi.plan.config import validate_config
+    from fi.plan.grid import cells
+    from fi.plan.tasks import get_family
 
     config = validate_config(yaml.safe_load((REPO / "config.yaml").read_text()))
     config["models"] = {"fi-toy": config["models"]["fi-toy"]}
@@ -149,7 +149,7 @@ def measured_eval_seconds(model) -> list[float]:
 def default_grid(repeats: int, imports: float) -> None:
     import torch
 
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     torch.set_num_threads(1)  # what an evaluate job gets (threads: 1)
     path, what = default_model_dir()
@@ -180,8 +180,8 @@ def default_grid(repeats: int, imports: float) -> None:
 def paper_estimate(imports: float) -> None:
     import yaml
 
-    from fi.config import validate_config
-    from fi.grid import cells, evaluates_per_task, models
+    from fi.plan.config import validate_config
+    from fi.plan.grid import cells, evaluates_per_task, models
 
     os.environ["FI_HUB_CHECK"] = "off"
     config = validate_config(yaml.safe_load((REPO / "configs" / "paper.yaml").read_text()))
@@ -190,7 +190,7 @@ def paper_estimate(imports: float) -> None:
     # the last appended (2 to 4 distinct sequences); 1 token per character (single-digit tokenizers;
     # an upper bound for the others) plus BOS
     tokens_per_cell: dict[tuple, int] = {}
-    from fi.tasks import get_family
+    from fi.plan.tasks import get_family
 
     for c in {(c.task, c.variant, c.shots) for c in all_cells}:
         family = get_family(c[0])

@@ -1,7 +1,7 @@
 """Batched evaluation against the paper's per-example loop, side by side in one run.
 
 The paper's eval.py runs, per example, one forward pass on contrast prompt + contrast answer and one
-on contrast prompt + normal answer. `fi.evaluation` scores the same two things (plus the normal
+on contrast prompt + normal answer. `fi.methods.evaluation` scores the same two things (plus the normal
 prompt's two) in length-sorted batches. Both run here on the same model and prompts; the script
 checks that the answers agree and prints both times and the ratio.
 
@@ -20,10 +20,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.answers import answer_token_ids, answer_vocabulary
-from fi.evaluation import evaluate_task
-from fi.models import load_model
-from fi.tasks import get_family
+from fi.engine.answers import answer_token_ids, answer_vocabulary
+from fi.engine.models import load_model
+from fi.methods.evaluation import evaluate_task
+from fi.plan.tasks import get_family
 
 
 def paper_loop(model, examples, vocab):

@@ -23,10 +23,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def measure(path: Path, shots: int = 16) -> dict:
-    from fi.ablation import ablated_scores, random_head_sets
-    from fi.models import load_model
-    from fi.patching import Patcher, build_patching_data
-    from fi.tasks import get_family
+    from fi.engine.models import load_model
+    from fi.engine.patching import Patcher, build_patching_data
+    from fi.methods.ablation import ablated_scores, random_head_sets
+    from fi.plan.tasks import get_family
 
     add = get_family("addition")
     v = add.parse_variant("setting1_nmax9_offset1")
@@ -46,7 +46,7 @@ def main():
     import pandas as pd
     import torch
 
-    from fi.training import train_model
+    from fi.build.training import train_model
     from tests.conftest import TRAINED_TOY, tiny_train_cfg
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

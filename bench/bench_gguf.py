@@ -1,5 +1,5 @@
 """The real GGUF packages end to end, one model per run (so the peak memory is that model's):
-conversion time and peak memory, parity of the converted folder (loaded through fi.models.load_model)
+conversion time and peak memory, parity of the converted folder (loaded through fi.engine.models.load_model)
 with the model transformers loads straight from the .gguf, and one evaluation cell through
 fi.stages.evaluate (addition setting1 nmax9 +1, 4 shots) with its wall time.
 
@@ -32,9 +32,10 @@ def main() -> None:
 
     import torch
 
-    from fi.gguf import assemble_gguf, convert_gguf, gguf_parity, resolve_source
+    from fi.build.gguf import assemble_gguf, convert_gguf, gguf_parity
+    from fi.plan.gguf_source import resolve_source
+    from fi.plan.tasks import get_family
     from fi.stages import evaluate, make_dataset
-    from fi.tasks import get_family
 
     torch.set_num_threads(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="fi-bench-gguf-"))

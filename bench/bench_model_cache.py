@@ -1,4 +1,4 @@
-"""Evaluation cells with one model load per cell against one load for all (fi.models.ModelCache),
+"""Evaluation cells with one model load per cell against one load for all (fi.engine.models.ModelCache),
 side by side in one run, alternating, on a local checkpoint folder (a real LM converted by the
 real-LM config, e.g. results/models/gemma3-270m, or the built-in model).
 
@@ -23,15 +23,15 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import fi.models
+import fi.engine.models
 from fi import stages
+from fi.engine.models import ModelCache
 from fi.io import write_jsonl
-from fi.models import ModelCache
-from fi.tasks import get_family
+from fi.plan.tasks import get_family
 
 
 def one_pass(entry: dict, cells: list[tuple[str, Path]], out: Path, capacity: int, shots: int) -> tuple[float, list]:
-    fi.models.MODEL_CACHE = ModelCache(capacity=capacity)
+    fi.engine.models.MODEL_CACHE = ModelCache(capacity=capacity)
     t0 = time.perf_counter()
     tables = [stages.evaluate(entry, "addition", variant, shots, str(data), str(out / f"{variant}.parquet"),
                               batch_size=32, device="cpu") for variant, data in cells]

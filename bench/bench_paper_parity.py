@@ -10,21 +10,21 @@ local checkpoint, and compares:
               from_pretrained processes a model) against the TransformerBridge's, and against
               transformers in the paper's environment
   (a) eval    `1_off_by_one_addition_eval/eval.py::run_inference`'s cf_acc / orig_acc, per-example
-              predictions and logit differences against `fi.evaluation.evaluate_task`, per cell
+              predictions and logit differences against `fi.methods.evaluation.evaluate_task`, per cell
   (b) paths   path patching to the output (`batched_get_path_patch_to_repr` to the last layer's
               resid_post, as `2_circuit_discovery/*_offline.py`) and to heads' value inputs
-              (`batched_get_path_patch_to_head`) against `fi.patching.path_patching`
+              (`batched_get_path_patch_to_head`) against `fi.engine.patching.path_patching`
   (c) circuit `circuit_eval_utils.eval_circuit_batched` on a circuit, each of its groups, the empty
-              circuit and the full model, against `fi.circuit.circuit_lds` (mean LD, and F)
-  (d) K       `get_completeness_score(C, K, M)` against `fi.circuit.completeness_lds`, and
+              circuit and the full model, against `fi.methods.circuit.circuit_lds` (mean LD, and F)
+  (d) K       `get_completeness_score(C, K, M)` against `fi.methods.circuit.completeness_lds`, and
               `circuit_eval_offline.one_greedy_search` after `random.seed(s)` against
-              `fi.circuit.greedy_completeness_search` with `random.Random(s)`: the same K
+              `fi.methods.circuit.greedy_completeness_search` with `random.Random(s)`: the same K
 
 Prompts: the paper's released data files (data/addition/<setting>/addition_nmax9_offset<k>.jsonl),
 which fi's generator reproduces (checked), rendered by each side's own code. Circuit positions: the
 paper keeps FI and consolidation heads at "all=" (every '=', the query's included) and previous-token
 heads at "c" (each demo's answer); the paper side derives those lists from its own tokenization, and
-they are checked against fi's position masks (fi.circuit.GROUP_POSITIONS) row by row.
+they are checked against fi's position masks (fi.methods.circuit.GROUP_POSITIONS) row by row.
 
 The greedy search draws 5 candidates per step from the heads not yet in K, and the paper's code
 fails when fewer are left; a circuit of fewer than 9 heads can run out. The built-in model has 8
@@ -63,7 +63,7 @@ STANDIN = ROOT / "bench" / "out" / "paper-parity" / "fi-toy"
 # fi's group names -> the paper's (identified_circuit's keys; "default" is complete_circuit's)
 PAPER_GROUP = {"previous_token": "prev_token", "function_induction": "function_induction",
                "consolidation": "consolidate", "everywhere": "default"}
-# fi.circuit.GROUP_POSITIONS' values -> the paper's position keys
+# fi.methods.circuit.GROUP_POSITIONS' values -> the paper's position keys
 PAPER_POSITION = {"demo_answers": "c", "separators+read": "all=", "all": "all"}
 
 # (setting, offset, shots) cells of eval.py, nmax 9 (the built-in model's numbers are one digit)
@@ -166,7 +166,7 @@ def paper_circuit(circuit: dict) -> dict:
     """An fi circuit ({group: heads}) as the paper's circuit dict without its "positions" (the paper
     side adds them from its tokenization): head_circuit in fi's group order (GROUPS, then
     "everywhere"), which is the order the paper's greedy search lists its candidate heads in."""
-    from fi.circuit import GROUP_POSITIONS, GROUPS
+    from fi.methods.circuit import GROUP_POSITIONS, GROUPS
 
     heads, keep = {}, {}
     for g in (*GROUPS, "everywhere"):
@@ -205,18 +205,18 @@ def data_file(reference: Path, setting: str, offset: int, nmax: int = 9) -> Path
 def check_data(report: Report, reference: Path, cells) -> None:
     """fi's generator against the paper's released files (the prompts both sides render)."""
     from fi.io import read_jsonl
-    from fi.tasks import generate_addition
+    from fi.plan.tasks import generate_addition
 
     for setting, offset in sorted({(s, k) for s, k, _ in cells}):
         path = data_file(reference, setting, offset)
         same = read_jsonl(path) == generate_addition(setting, 9, offset, n_examples=100, n_demos=32, seed=42)
-        report.add("data", f"{path.name} ({setting}) = fi.tasks.generate_addition", None, same)
+        report.add("data", f"{path.name} ({setting}) = fi.plan.tasks.generate_addition", None, same)
 
 
 def fi_eval(loaded, reference: Path, cells, max_examples: int | None) -> list[dict]:
-    from fi.evaluation import evaluate_task
     from fi.io import read_jsonl
-    from fi.tasks import get_family
+    from fi.methods.evaluation import evaluate_task
+    from fi.plan.tasks import get_family
 
     family = get_family("addition")
     out = []
@@ -243,9 +243,9 @@ def compare_eval(report: Report, cells, mine: list[dict], paper: list[dict], tol
 
 def fi_patching_side(loaded, reference: Path, cell, n_examples: int, batch_size: int = 16):
     """fi's data and cache of the patching cell (the first `n_examples` prompts, none dropped)."""
+    from fi.engine.patching import build_cache, build_patching_data
     from fi.io import read_jsonl
-    from fi.patching import build_cache, build_patching_data
-    from fi.tasks import get_family
+    from fi.plan.tasks import get_family
 
     setting, offset, shots = cell
     family = get_family("addition")
@@ -261,7 +261,7 @@ def compare_positions(report: Report, cache, paper: dict, formula: dict) -> None
     """The paper side's tokens and position lists against fi's prompts and position masks."""
     import torch
 
-    from fi.circuit import position_mask
+    from fi.methods.circuit import position_mask
 
     ok_tokens = paper["tokens"] == cache.data.contrast.tolist()
     report.add("positions", "paper side's contrast tokens = fi's (BOS + characters)", None, ok_tokens)
@@ -276,7 +276,7 @@ def compare_positions(report: Report, cache, paper: dict, formula: dict) -> None
 
 
 def fi_circuit_side(loaded, cache, circuit: dict, variants: dict, k_sets) -> tuple[dict, list]:
-    from fi.circuit import circuit_lds, completeness_lds, to_f
+    from fi.methods.circuit import circuit_lds, completeness_lds, to_f
 
     names = list(variants)
     lds = circuit_lds(loaded, cache, [variants[n] for n in names])
@@ -287,7 +287,7 @@ def fi_circuit_side(loaded, cache, circuit: dict, variants: dict, k_sets) -> tup
 
 def circuit_variants(circuit: dict, n_layers: int, n_heads: int) -> tuple[dict, dict]:
     """Named circuits for (c): fi's (kept, knocked) variants and the paper's circuit dicts."""
-    from fi.circuit import GROUPS, circuit_heads
+    from fi.methods.circuit import GROUPS, circuit_heads
 
     fi_v = {"C": (circuit_heads(circuit), ())}
     paper_v = {"C": paper_circuit(circuit)}
@@ -311,7 +311,7 @@ def circuit_variants(circuit: dict, n_layers: int, n_heads: int) -> tuple[dict, 
 def k_sets_for(circuit: dict, n_layers: int, n_heads: int) -> list[list[list[int]]]:
     """K sets for get_completeness_score: empty, each group, each circuit head alone, the first two
     circuit heads, and a head outside the circuit (it changes M \\ K only)."""
-    from fi.circuit import GROUPS, circuit_members
+    from fi.methods.circuit import GROUPS, circuit_members
 
     members = list(dict.fromkeys(circuit_members(circuit)))
     ks = [[]] + [[list(h) for h in circuit[g]] for g in GROUPS if circuit.get(g)]
@@ -325,7 +325,7 @@ def wide_checkpoint(path: Path) -> Path:
     greedy search (12 heads: the paper's 5 draws never run out in 5 steps)."""
     import torch
 
-    from fi.training import build_tokenizer
+    from fi.build.training import build_tokenizer
     from tests.tiny_checkpoints import build_model
 
     if (path / "config.json").exists():
@@ -344,8 +344,8 @@ def standin_model(path: Path) -> Path:
     results/models/fi-toy does not exist yet (about 3 minutes on one core)."""
     import yaml
 
-    from fi.config import validate_config
-    from fi.training import train_model
+    from fi.build.training import train_model
+    from fi.plan.config import validate_config
 
     if (path / "config.json").exists():
         return path
@@ -365,9 +365,9 @@ def run_parity(model_dir: Path, paper_python: Path, reference: Path = DEFAULT_RE
 
     import torch
 
-    from fi.circuit import circuit_members, greedy_completeness_search
-    from fi.models import load_model
-    from fi.patching import path_patching
+    from fi.engine.models import load_model
+    from fi.engine.patching import path_patching
+    from fi.methods.circuit import circuit_members, greedy_completeness_search
 
     torch.set_num_threads(threads)
     code = reference_code(reference)

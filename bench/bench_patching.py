@@ -3,7 +3,7 @@
 The paper's loop (as its notebooks do it): for every sender head and every batch of 4 prompts, two
 full forward passes: run 1 on the contrast prompt with every head's z frozen to its contrast value
 except the sender's (normal value), run 2 a clean contrast run with the receiver's input (here the
-final residual stream, i.e. the output) taken from run 1. `fi.patching.Patcher` computes the same
+final residual stream, i.e. the output) taken from run 1. `fi.engine.patching.Patcher` computes the same
 numbers (checked here) with run 1 done analytically at the last position and senders stacked.
 
 Models: the built-in model (results/models/fi-toy, or a random one of its shape) and a random-
@@ -27,10 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.models import load_model  # noqa: E402
-from fi.patching import Patcher, build_patching_data, logit_diff  # noqa: E402
-from fi.reference import frozen_z_hooks  # noqa: E402
-from fi.tasks import get_family  # noqa: E402
+from fi.engine.models import load_model  # noqa: E402
+from fi.engine.patching import Patcher, build_patching_data, logit_diff  # noqa: E402
+from fi.engine.reference import frozen_z_hooks  # noqa: E402
+from fi.plan.tasks import get_family  # noqa: E402
 from tests.conftest import save_random_checkpoint  # noqa: E402
 
 

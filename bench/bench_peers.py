@@ -38,10 +38,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.models import load_model
-from fi.patching import Patcher, build_patching_data, logit_diff, z_hook
-from fi.reference import frozen_z_hooks
-from fi.tasks import get_family
+from fi.engine.models import load_model
+from fi.engine.patching import Patcher, build_patching_data, logit_diff, z_hook
+from fi.engine.reference import frozen_z_hooks
+from fi.plan.tasks import get_family
 from tests.conftest import save_random_checkpoint
 
 
@@ -91,7 +91,7 @@ def tl_path_to_logits(s: Setup) -> torch.Tensor:
     zn, zc = tl_z(s, d.normal), tl_z(s, d.contrast)
     out = torch.zeros(s.L, s.H)
     for layer, head in s.heads():
-        with torch.inference_mode():  # fi.reference's hooks are plain TransformerLens hooks
+        with torch.inference_mode():  # fi.engine.reference's hooks are plain TransformerLens hooks
             out[layer, head] = s.ld(b.run_with_hooks(d.contrast, fwd_hooks=frozen_z_hooks(zc, zn, s.L, layer, head)))
     return out
 

@@ -1,16 +1,16 @@
 """The real pretrained LMs of configs/real-lms.yaml against the paper's loops, side by side in one run.
 
 On each converted GGUF model (results/models/<name>/, made by `snakemake results/models/<name>
---configfile configs/real-lms.yaml` or fi.gguf), on the discovery cell (addition setting1, nmax 9,
+--configfile configs/real-lms.yaml` or fi.build.gguf), on the discovery cell (addition setting1, nmax 9,
 offset +1, 4 shots):
 
-* evaluation: `fi.evaluation.evaluate_task` (length-sorted batches, final residual stream read at the
+* evaluation: `fi.methods.evaluation.evaluate_task` (length-sorted batches, final residual stream read at the
   answer positions, only the answer vocabulary's unembedding rows) against the paper's per-example
   loop (one prompt + answer per forward pass, full logits), same answers checked; also the
   full-logit route of the same batched engine (what the restricted readout buys), and the batched
   time against the FLOP limit: 2 x non-embedding parameters x tokens / the matmul FLOP/s measured
   here (the attention's own FLOPs and the unembedding are left out of the limit);
-* exact path patching to the output: `fi.patching.Patcher(...).path_patching("output")` against the
+* exact path patching to the output: `fi.engine.patching.Patcher(...).path_patching("output")` against the
   paper's loop (per batch of 4 prompts, per sender head, two full forward passes: run 1 with every
   head's z frozen to its contrast value except the sender's, run 2 a clean contrast run with the
   final residual stream taken from run 1), on a subset of senders: in the paper's loop every sender
@@ -40,11 +40,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.bench_evaluate import paper_loop
 from bench.bench_patching import paper_sender_ld, paper_sender_loop
-from fi.answers import answer_vocabulary
-from fi.evaluation import encode_examples, evaluate_task, model_inputs, score_examples
-from fi.models import load_model
-from fi.patching import Patcher, build_patching_data
-from fi.tasks import get_family
+from fi.engine.answers import answer_vocabulary
+from fi.engine.models import load_model
+from fi.engine.patching import Patcher, build_patching_data
+from fi.methods.evaluation import encode_examples, evaluate_task, model_inputs, score_examples
+from fi.plan.tasks import get_family
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANT, SHOTS = "setting1_nmax9_offset1", 4

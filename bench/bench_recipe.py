@@ -35,11 +35,11 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.config import validate_config
-from fi.evaluation import evaluate_task
-from fi.models import load_model
-from fi.tasks import get_family
-from fi.training import train_model
+from fi.build.training import train_model
+from fi.engine.models import load_model
+from fi.methods.evaluation import evaluate_task
+from fi.plan.config import validate_config
+from fi.plan.tasks import get_family
 
 REPO = Path(__file__).resolve().parents[1]
 SHOTS = (8, 16)

@@ -2,7 +2,7 @@
 
 Trains the default recipe (config.yaml's built-in model, schema defaults filled in) for --steps steps
 with the code before this change (the HF tokenizer called per segment, no prefetching: `make_batch`
-reproduced below) and with fi.training as it is, at 1 and 2 threads; checks that every variant ends
+reproduced below) and with fi.build.training as it is, at 1 and 2 threads; checks that every variant ends
 at the same weights bit for bit; prints tokens/s (all sequence positions, pads included, and real
 tokens), ms per step, and the FLOP limit: 6 x non-embedding params x tokens (+ attention) over a
 measured float32 matmul rate of this machine at that thread count.
@@ -24,12 +24,12 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import fi.training as training
-from fi.config import validate_config
+import fi.build.training as training
+from fi.plan.config import validate_config
 
 
 def make_batch_before(rng, cfg, tokenizer, size, with_sources=False):
-    """fi.training.make_batch before this change: one HF tokenizer call per segment."""
+    """fi.build.training.make_batch before this change: one HF tokenizer call per segment."""
     names = [n for n, w in cfg["mix"].items() if w > 0]
     weights = [cfg["mix"][n] for n in names]
     seqs, masks, sources = [], [], []

@@ -30,10 +30,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from fi.evaluation import evaluate_task
-from fi.models import load_model
-from fi.patching import Patcher, build_patching_data
-from fi.tasks import get_family
+from fi.engine.models import load_model
+from fi.engine.patching import Patcher, build_patching_data
+from fi.methods.evaluation import evaluate_task
+from fi.plan.tasks import get_family
 
 TARGET_AGREE = 0.99
 TARGET_SCORE = {"bfloat16": 1e-2, "float16": 1e-2, "float32": 1e-4}

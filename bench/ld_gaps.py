@@ -18,10 +18,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def main():
+    from fi.engine.models import load_model
+    from fi.engine.patching import build_cache, build_patching_data
     from fi.io import read_jsonl
-    from fi.models import load_model
-    from fi.patching import build_cache, build_patching_data
-    from fi.tasks import get_family
+    from fi.plan.tasks import get_family
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", action="append", required=True, help="NAME=PATH of a model folder")

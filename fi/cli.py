@@ -2,7 +2,7 @@
 the name). Subcommands (argparse):
 
   fi-grid parity --config config.yaml [--out results/tables/parity.csv] [--model NAME ...] [--dtype D ...]
-      our TransformerBridge logits against plain transformers, per model and dtype (see fi.parity)
+      our TransformerBridge logits against plain transformers, per model and dtype (see fi.methods.parity)
 
 Add a subcommand: write `_add_<name>(subparsers)` that registers its parser with `func=_run_<name>`,
 and call it from `build_parser`.
@@ -21,7 +21,7 @@ PROG = "fi-grid"  # the console script (pyproject.toml); `python -m fi` is the s
 
 
 def _load_config(path: str) -> dict:
-    from fi.config import validate_config
+    from fi.plan.config import validate_config
 
     file = Path(path)
     if not file.is_file():
@@ -48,7 +48,7 @@ def _add_parity(sub) -> None:
 def _run_parity(args) -> int:
     import pandas as pd
 
-    from fi.parity import config_models, parity_table
+    from fi.methods.parity import config_models, parity_table
 
     models = config_models(_load_config(args.config), args.models)
     if args.device:
@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fi.grid import ConfigError
-    from fi.models import ModelLoadError
+    from fi.engine.models import ModelLoadError
+    from fi.plan.grid import ConfigError
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

@@ -102,12 +102,12 @@ def write_json(obj, path: str | os.PathLike) -> None:
 
 
 def write_parquet(df, path: str | os.PathLike, sources: list[str] | None = None) -> None:
-    """`df` as parquet, with this process's provenance (fi.provenance) in the file's metadata and,
+    """`df` as parquet, with this process's provenance (fi.report.provenance) in the file's metadata and,
     for a table made from other parquet files (`sources`), the distinct provenance of those."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from fi import provenance
+    from fi.report import provenance
 
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})

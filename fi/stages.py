@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from fi.io import progress, read_jsonl, write_csv, write_jsonl, write_parquet
-from fi.tasks import get_family
+from fi.plan.tasks import get_family
 
 log = logging.getLogger("fi")
 
@@ -25,7 +25,7 @@ def make_dataset(task: str, variant: str, generation: dict, output: str) -> None
 
 
 def train_model(train: dict, output: str, threads: int | None = None) -> None:
-    from fi.training import train_model as fit
+    from fi.build.training import train_model as fit
 
     curve = fit(train, output, threads=threads)
     log.info("trained %d steps; final loss %.4f, answer-token accuracy %.3f", train["steps"],
@@ -58,7 +58,7 @@ def evaluate_task(model: dict, task: str, cells: list[tuple[str, int]], datasets
 
 def _evaluate_cell(loaded, model: dict, task: str, variant: str, shots: int, dataset: str,
                    batch_size: int) -> pd.DataFrame:
-    from fi.evaluation import evaluate_task as score
+    from fi.methods.evaluation import evaluate_task as score
 
     t0 = time.perf_counter()
     family = get_family(task)
@@ -73,7 +73,7 @@ def _evaluate_cell(loaded, model: dict, task: str, variant: str, shots: int, dat
 
 
 def aggregate(cells: list[str], table: str, paper: str, predictions: str) -> pd.DataFrame:
-    from fi.tables import ACCURACIES, summarise_cell, to_paper_format
+    from fi.report.tables import ACCURACIES, summarise_cell, to_paper_format
 
     per_example = pd.concat([pd.read_parquet(p) for p in cells], ignore_index=True)
     key_cols = [c for c in per_example.columns if c not in ("example", "normal_answer", "contrast_answer",
@@ -91,12 +91,12 @@ def aggregate(cells: list[str], table: str, paper: str, predictions: str) -> pd.
 
 
 def plot_accuracy(table: str, task: str, output: str, plots: dict) -> None:
-    from fi.plots import plot_accuracy as plot
+    from fi.report.plots import plot_accuracy as plot
 
     df = pd.read_parquet(table)
     reference = None
     if plots.get("reference"):
-        from fi.tables import from_paper_format
+        from fi.report.tables import from_paper_format
 
         reference = from_paper_format(pd.read_csv(plots["reference"]))
     plot(df[df["task"] == task], output, task=task, dpi=plots["dpi"], reference=reference)
@@ -107,11 +107,11 @@ def plot_accuracy(table: str, task: str, output: str, plots: dict) -> None:
 @contextmanager
 def model_in_use(model: dict, device: str, threads: int | None):
     """The model entry's loaded model, for the duration of a job: from the process's model cache
-    (`fi.models.MODEL_CACHE`: jobs that share a process load each model once) and held alone (no
+    (`fi.engine.models.MODEL_CACHE`: jobs that share a process load each model once) and held alone (no
     other job hooks it meanwhile)."""
     import torch
 
-    from fi.models import MODEL_CACHE
+    from fi.engine.models import MODEL_CACHE
 
     if threads:
         torch.set_num_threads(threads)
@@ -122,7 +122,7 @@ def model_in_use(model: dict, device: str, threads: int | None):
 def attribute(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, attribution: dict,
               device: str = "auto", threads: int | None = None) -> pd.DataFrame:
     """Every configured attribution method on one cell -> a long layer x head table."""
-    from fi.patching import POSITION_GROUPS, Patcher, build_patching_data
+    from fi.engine.patching import POSITION_GROUPS, Patcher, build_patching_data
 
     with model_in_use(model, device, threads) as loaded:
         family = get_family(task)
@@ -167,7 +167,7 @@ def attribute(model: dict, task: str, variant: str, shots: int, dataset: str, ou
 
 
 def head_types(model: dict, output: str, params: dict, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
-    from fi.heads import head_type_scores
+    from fi.methods.heads import head_type_scores
 
     with model_in_use(model, device, threads) as loaded:
         df = head_type_scores(loaded, **params)
@@ -182,9 +182,9 @@ def discover_heads(model: dict, output: str, discovery: dict, explicit: list | N
     """The model's FI heads: explicit from config, or chosen from the discovery cell's scores; in both
     cases checked by patching them together from the normal prompt on the discovery cell and
     counting how often the model then gives the plain answer."""
-    from fi.ablation import ablated_scores
-    from fi.heads import select_heads
     from fi.io import write_json
+    from fi.methods.ablation import ablated_scores
+    from fi.methods.heads import select_heads
 
     cell = discovery["cell"]
     result = {"model": model["name"], "cell": cell}
@@ -220,8 +220,8 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
     """The paper's four accuracies with no ablation, the FI heads ablated and random head sets of
     the same size ablated, for every configured mode."""
 
-    from fi.ablation import ablated_scores, random_head_sets
-    from fi.tables import summarise_cell
+    from fi.methods.ablation import ablated_scores, random_head_sets
+    from fi.report.tables import summarise_cell
 
     with model_in_use(model, device, threads) as loaded:
         family = get_family(task)
@@ -278,14 +278,14 @@ def aggregate_ablation(cells: list[str], output: str) -> pd.DataFrame:
 
 
 def plot_heads(table: str, model_name: str, output: str, plots: dict) -> None:
-    from fi.plots import plot_head_heatmaps
+    from fi.report.plots import plot_head_heatmaps
 
     df = pd.read_parquet(table)
     plot_head_heatmaps(df[df["model"] == model_name], output, dpi=plots["dpi"])
 
 
 def plot_ablation(table: str, output: str, plots: dict) -> None:
-    from fi.plots import plot_task_generalization
+    from fi.report.plots import plot_task_generalization
 
     plot_task_generalization(pd.read_parquet(table), output, dpi=plots["dpi"])
 
@@ -294,7 +294,7 @@ def plot_ablation(table: str, output: str, plots: dict) -> None:
 
 def _circuit_cache(loaded, task: str, variant: str, shots: int, records: list[dict], max_examples: int,
                    batch_size: int):
-    from fi.patching import build_cache, build_patching_data
+    from fi.engine.patching import build_cache, build_patching_data
 
     family = get_family(task)
     v = family.parse_variant(variant)
@@ -328,8 +328,8 @@ def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str,
                  threads: int | None = None) -> dict:
     """The circuit of one cell: iterated path patching from the output down, the three head groups
     (or the groups given in config) and every circuit head's numbers (drawn by `draw_circuit`)."""
-    from fi import circuit as fc
     from fi.io import write_json
+    from fi.methods import circuit as fc
 
     t0 = time.perf_counter()
     with model_in_use(model, device, threads) as loaded:
@@ -368,7 +368,7 @@ def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, att
     """A found circuit's diagram and its heads' attention views (apart from `find_circuit`, so that a
     plot edit reruns no path patching)."""
 
-    from fi.plots import plot_circuit
+    from fi.report.plots import plot_circuit
 
     found = json.loads(Path(circuit_file).read_text())
     plot_circuit(found, diagram)
@@ -385,9 +385,9 @@ def _attention_views(loaded, cache, groups: dict, static: str, html: str, n_prom
     import circuitsvis as cv
     import torch
 
-    from fi.circuit import attention_patterns
     from fi.io import atomic_path
-    from fi.plots import plot_attention_by_group
+    from fi.methods.circuit import attention_patterns
+    from fi.report.plots import plot_attention_by_group
 
     chunk = cache.chunks[0]
     store = attention_patterns(loaded, chunk.contrast)
@@ -433,8 +433,8 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
     """The circuit of `circuit_file` evaluated as the paper does: faithfulness F(C) in-sample (the
     discovery prompts) and held out (circuit.heldout: by default 16 shots on 100 fresh prompts, the
     paper's setting), and the completeness search and minimality on the held-out prompts."""
-    from fi import circuit as fc
     from fi.io import write_json
+    from fi.methods import circuit as fc
 
     t0 = time.perf_counter()
     found = json.loads(Path(circuit_file).read_text())
@@ -489,8 +489,8 @@ def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], 
     group and over all), and A's FI heads ablated on B's cell (patch from the normal prompt) against
     `ablation.n_random` random sets of the same size: the drop of cf_acc each causes."""
 
-    from fi import circuit as fc
-    from fi.ablation import ablated_scores, random_head_sets
+    from fi.methods import circuit as fc
+    from fi.methods.ablation import ablated_scores, random_head_sets
 
     circuits = [json.loads(Path(p).read_text()) for p in circuit_files]
     with model_in_use(model, device, threads) as loaded:
@@ -571,7 +571,7 @@ def aggregate_circuits(circuits: list[str], evaluations: list[str], overlaps: li
 
 def plot_circuits(evaluation_table: str, overlap_table: str, evaluation_plot: str, overlap_plot: str,
                   plots: dict) -> None:
-    from fi.plots import plot_circuit_evaluation, plot_circuit_overlap
+    from fi.report.plots import plot_circuit_evaluation, plot_circuit_overlap
 
     plot_circuit_evaluation(pd.read_parquet(evaluation_table), evaluation_plot, dpi=plots["dpi"])
     plot_circuit_overlap(pd.read_parquet(overlap_table), overlap_plot, dpi=plots["dpi"])
@@ -581,16 +581,16 @@ def plot_circuits(evaluation_table: str, overlap_table: str, evaluation_plot: st
 
 def function_vectors(model: dict, heads_file: str, datasets: list[str], output: str, params: dict,
                      circuit_file: str | None = None, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
-    """Function vectors (fi.function_vectors): per offset k in params["offsets"] (its contrast prompts
+    """Function vectors (fi.methods.function_vectors): per offset k in params["offsets"] (its contrast prompts
     in datasets[i], in the same order), each head's mean output at the query, added at scale
-    params["scales"] to the naive prompts; for every vector set (fi.function_vectors.vector_sets: the
+    params["scales"] to the naive prompts; for every vector set (fi.methods.function_vectors.vector_sets: the
     FI group of `circuit_file`'s circuit, or of `heads_file` where the circuit is off or its FI group
     empty, on the contrast and the normal prompts; the circuit's other groups), one row per (offset,
     head set, scale, input digit, output digit) with the digit logit's shift
-    (fi.function_vectors.SHIFT_COLUMNS)."""
+    (fi.methods.function_vectors.SHIFT_COLUMNS)."""
 
-    from fi.function_vectors import SHIFT_COLUMNS, function_vector_shifts, set_vectors, vector_sets
-    from fi.patching import build_patching_data
+    from fi.engine.patching import build_patching_data
+    from fi.methods.function_vectors import SHIFT_COLUMNS, function_vector_shifts, set_vectors, vector_sets
 
     with model_in_use(model, device, threads) as loaded:
         discovery = json.loads(Path(heads_file).read_text())["heads"]
@@ -628,8 +628,8 @@ def function_vectors(model: dict, heads_file: str, datasets: list[str], output: 
 
 def aggregate_function_vectors(tables: list[str], output: str, effects_output: str) -> pd.DataFrame:
     """Every model's shift table in one, and the derived +j effects and head shares
-    (fi.function_vectors.effects) in `effects_output`."""
-    from fi.function_vectors import effects
+    (fi.methods.function_vectors.effects) in `effects_output`."""
+    from fi.methods.function_vectors import effects
 
     table = pd.concat([pd.read_parquet(p) for p in tables], ignore_index=True)
     write_parquet(table, output, sources=tables)
@@ -638,8 +638,8 @@ def aggregate_function_vectors(tables: list[str], output: str, effects_output: s
 
 
 def plot_function_vectors(table: str, output: str, plots: dict) -> None:
-    from fi.function_vectors import effects
-    from fi.plots import plot_function_vectors as plot
+    from fi.methods.function_vectors import effects
+    from fi.report.plots import plot_function_vectors as plot
 
     shifts = pd.read_parquet(table)
     plot(shifts, effects(shifts), output, dpi=plots["dpi"])

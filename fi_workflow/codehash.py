@@ -7,12 +7,12 @@ function it calls inside its body. What the rule's jobs run, found statically by
 * the adapter itself (fi_workflow/jobs.py holds adapters only: tests/test_code_hash.py checks);
 * each fi function or class it imports, *as a definition*: its own source, the module-level
   definitions and constants of its module that it names (transitively), and every fi module it
-  imports, at module level or inside the function (`from fi.training import train_model as fit`);
+  imports, at module level or inside the function (`from fi.build.training import train_model as fit`);
 * every fi module reached from there, *whole*: its source and every fi module it imports anywhere
   in the file (module level or inside functions), transitively.
 
 So an edit inside `def plot_heads` of fi/stages.py changes only plot_heads' hash, and an edit
-anywhere in fi/evaluation.py changes the hash of every stage whose code reaches fi.evaluation
+anywhere in fi/methods/evaluation.py changes the hash of every stage whose code reaches fi.methods.evaluation
 (evaluate, discover_heads, ablate) and of no other. A new module is picked up as soon as some
 reached code imports it. The package's own `fi/__init__.py` (run by every `import fi.x`) is left
 out so that its docstring can change freely; it must hold no code (tests/test_code_hash.py checks).
@@ -233,7 +233,7 @@ def adapter_units(rule: str) -> list[Unit]:
 
 
 def describe(unit: Unit) -> str:
-    """'fi/stages.py:evaluate' or 'fi/evaluation.py'."""
+    """'fi/stages.py:evaluate' or 'fi/methods/evaluation.py'."""
     rel = module_file(unit[0]).relative_to(package_root()).as_posix()
     return rel if unit[1] is None else f"{rel}:{unit[1]}"
 

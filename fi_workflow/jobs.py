@@ -23,7 +23,7 @@ def train_model(job):
 
 
 def convert_gguf(job):
-    from fi.gguf import convert_gguf
+    from fi.build.gguf import convert_gguf
 
     src = job.params.source
     return convert_gguf(model=job.params.name, source=job.input.get("gguf", src.get("file")),
@@ -32,7 +32,7 @@ def convert_gguf(job):
 
 
 def assemble_gguf(job):
-    from fi.gguf import assemble_gguf
+    from fi.build.gguf import assemble_gguf
 
     return assemble_gguf(model=job.params.name, package=job.params.source["package"],
                          output=job.output[0])
@@ -201,7 +201,7 @@ def plot_function_vectors(job):
 
 
 def train_dynamics_run(job):
-    from fi.dynamics import train_run
+    from fi.methods.dynamics import train_run
 
     return train_run(train=job.params.train, clamps=job.params.clamps, output=job.output[0],
                      baseline=job.input.get("baseline"), fi_heads=job.input.get("fi_heads"),
@@ -209,7 +209,7 @@ def train_dynamics_run(job):
 
 
 def measure_checkpoint(job):
-    from fi.dynamics import measure_checkpoint
+    from fi.methods.dynamics import measure_checkpoint
 
     return measure_checkpoint(run_dir=job.input.run, step=int(job.wildcards.step), train=job.params.train,
                               cells=job.params.cells, datasets=list(job.input.datasets), head_types=job.params.head_types,
@@ -219,21 +219,21 @@ def measure_checkpoint(job):
 
 
 def aggregate_dynamics(job):
-    from fi.dynamics import aggregate_dynamics
+    from fi.methods.dynamics import aggregate_dynamics
 
     return aggregate_dynamics(measures=list(job.input), threshold=job.params.threshold, min_gap=job.params.min_gap,
                               table=job.output.table, formation=job.output.formation, summary=job.output.summary)
 
 
 def plot_dynamics(job):
-    from fi.dynamics import plot_model_dynamics
+    from fi.methods.dynamics import plot_model_dynamics
 
     return plot_model_dynamics(table=job.input.table, formation=job.input.formation,
                                model=job.wildcards.model, output=job.output[0], dpi=job.params.dpi)
 
 
 def summary(job):
-    from fi.summary import write_summary
+    from fi.report.summary import write_summary
 
     return write_summary(output=job.output.summary, provenance_output=job.output.provenance,
                          seeds=job.params.seeds, accuracy=job.input.accuracy, heads_files=list(job.input.heads),
@@ -246,6 +246,6 @@ def summary(job):
 
 
 def parity(job):
-    from fi.parity import parity_table
+    from fi.methods.parity import parity_table
 
     return parity_table(models=job.params.models, output=job.output[0])

@@ -6,7 +6,7 @@ target.
 Under the workflow profile's force-use-threads (profiles/default) a `run:` job is a thread of
 Snakemake's own process, one thread a job, so torch, transformers and TransformerLens are imported
 once per run, not once per job (4-5 s of a built-in-model job's 5-6 s, bench/bench_dag.py), and
-jobs of one model share its load (fi.models.MODEL_CACHE). Everything that makes that safe for the
+jobs of one model share its load (fi.engine.models.MODEL_CACHE). Everything that makes that safe for the
 workflow lives here: each job's log is the target of its thread only, and the first imports of
 torch and TransformerLens happen under a lock (common.smk's run_job says whether jobs share the
 process; a job of its own process imports only what its stage needs). Without

@@ -29,7 +29,7 @@ def save_random_checkpoint(path: Path, **overrides) -> Path:
     """A random-initialised HF checkpoint with the character tokenizer, saved with save_pretrained."""
     import torch
 
-    from fi.training import build_model, build_tokenizer
+    from fi.build.training import build_model, build_tokenizer
 
     torch.manual_seed(0)
     tok = build_tokenizer()
@@ -56,12 +56,12 @@ def tiny_gpt2_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_llama(tiny_llama_dir):
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     return load_model("tiny-llama", path=str(tiny_llama_dir), device="cpu")
 
 
-# The built-in model's recipe (fi.training) at a size and length that trains in well under a minute
+# The built-in model's recipe (fi.build.training) at a size and length that trains in well under a minute
 # on 2 cores and still learns off-by-k addition with one clear FI head.
 TRAINED_TOY = dict(d_model=64, d_mlp=256, n_layers=2, n_heads=4, steps=350, batch_size=32, warmup_steps=30,
                    log_every=50, items=13, seed=0)
@@ -69,7 +69,7 @@ TRAINED_TOY = dict(d_model=64, d_mlp=256, n_layers=2, n_heads=4, steps=350, batc
 
 @pytest.fixture(scope="session")
 def trained_toy_dir(tmp_path_factory) -> Path:
-    from fi.training import train_model
+    from fi.build.training import train_model
 
     out = tmp_path_factory.mktemp("trained") / "fi-toy"
     train_model(tiny_train_cfg(**TRAINED_TOY), out, threads=2, progress=False)
@@ -78,7 +78,7 @@ def trained_toy_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_toy(trained_toy_dir):
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     return load_model("fi-toy", path=str(trained_toy_dir), device="cpu")
 

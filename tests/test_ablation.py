@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from fi.ablation import ablated_scores, random_head_sets
-from fi.evaluation import evaluate_task
-from fi.patching import Patcher, build_patching_data
-from fi.tasks import get_family
+from fi.engine.patching import Patcher, build_patching_data
+from fi.methods.ablation import ablated_scores, random_head_sets
+from fi.methods.evaluation import evaluate_task
+from fi.plan.tasks import get_family
 
 ADDITION = get_family("addition")
 PARAMS = {"n_examples": 100, "n_demos": 32, "seed": 42}

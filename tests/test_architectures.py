@@ -4,7 +4,7 @@ with sliding windows of 8 tokens where the architecture has them (tests/tiny_che
 
 For each: the bridge's logits are plain transformers' logits; prompts begin as the model's own
 TransformerLens adapter says (BOS or not); the engine takes the route expected of the architecture;
-path patching to the output and to q / k / v inputs equals the paper's loop (fi.reference) on the
+path patching to the output and to q / k / v inputs equals the paper's loop (fi.engine.reference) on the
 model, and under grouped-query attention on its ungrouped copy (one key-value head per query head,
 as the paper's `set_ungroup_grouped_query_attention(True)`); activation patching equals
 TransformerLens' `get_act_patch_attn_head_out_all_pos`."""
@@ -14,10 +14,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fi.models import load_model
-from fi.patching import Patcher, Receiver, build_patching_data, logit_diff
-from fi.reference import reference_path_patching
-from fi.tasks import get_family
+from fi.engine.models import load_model
+from fi.engine.patching import Patcher, Receiver, build_patching_data, logit_diff
+from fi.engine.reference import reference_path_patching
+from fi.plan.tasks import get_family
 from tests.tiny_checkpoints import PAPER_ARCHITECTURES, save_checkpoint
 
 ADDITION = get_family("addition")

@@ -1,4 +1,4 @@
-"""The circuit stage (fi.circuit): faithfulness and completeness against plain implementations of the
+"""The circuit stage (fi.methods.circuit): faithfulness and completeness against plain implementations of the
 paper's definitions, the group rules on a planted path graph, and discovery on a trained model."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from fi import circuit as fc
-from fi.patching import build_cache, build_patching_data, logit_diff, z_hook
-from fi.tasks import get_family
+from fi.engine.patching import build_cache, build_patching_data, logit_diff, z_hook
+from fi.methods import circuit as fc
+from fi.plan.tasks import get_family
 
 ADDITION = get_family("addition")
 PARAMS = {"n_examples": 24, "n_demos": 32, "seed": 42}
@@ -58,7 +58,7 @@ def reference_f(model, data, keep, knock=None) -> float:
 
 
 def masks_of(data, circuit):
-    """(layer, head) -> example -> [T] mask of its group's positions, as fi.circuit defines them."""
+    """(layer, head) -> example -> [T] mask of its group's positions, as fi.methods.circuit defines them."""
     out = {}
     for head, group in fc.circuit_heads(circuit):
         mask = fc.position_mask(data, group)
@@ -226,8 +226,8 @@ def test_discovered_circuit_holds_the_head_that_restores_the_plain_answer(toy, t
     """On a trained model the stage's FI group holds the head whose patch alone makes the model give
     the plain answer (behavioural ground truth, independent of the group rules); the output files
     carry the documented fields."""
-    from fi.ablation import ablated_scores
     from fi.io import write_jsonl
+    from fi.methods.ablation import ablated_scores
     from fi.stages import draw_circuit, evaluate_circuit, find_circuit
 
     v = ADDITION.parse_variant("setting1_nmax9_offset1")

@@ -1,4 +1,4 @@
-"""Head selection (fi.circuit.Selection) against the heads the paper chose by hand from its own
+"""Head selection (fi.methods.circuit.Selection) against the heads the paper chose by hand from its own
 released path-patching scores (../shared/reference/function-induction/circuit_discovery/; skipped
 when absent)."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fi.circuit import Selection
+from fi.methods.circuit import Selection
 from tests.conftest import REFERENCE
 
 needs_reference = pytest.mark.skipif(not (REFERENCE / "circuit_discovery").is_dir(),
@@ -16,7 +16,7 @@ needs_reference = pytest.mark.skipif(not (REFERENCE / "circuit_discovery").is_di
 
 @needs_reference
 def test_default_selection_recovers_every_output_level_head_of_the_four_models():
-    from fi.paper_scores import selection_table
+    from fi.methods.paper_scores import selection_table
 
     table = selection_table(REFERENCE)
     output = table[(table["level"] == "output") & table["rule"].str.startswith("strong+weak")]
@@ -30,7 +30,7 @@ def test_default_selection_recovers_every_output_level_head_of_the_four_models()
 
 @needs_reference
 def test_default_selection_recovers_gemmas_previous_token_heads_by_rank():
-    from fi.paper_scores import selection_table
+    from fi.methods.paper_scores import selection_table
 
     row = selection_table(REFERENCE).query("level.str.startswith('previous_token')", engine="python")
     assert len(row) == 1 and row["recall"].iloc[0] == 1.0 and row["precision"].iloc[0] >= 0.75

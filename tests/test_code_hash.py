@@ -24,7 +24,7 @@ def rule_blocks() -> dict[str, str]:
 
 
 RULES = sorted(rule for rule in rule_blocks() if rule != "all")
-# the stages that run fi.evaluation
+# the stages that run fi.methods.evaluation
 MODEL_STAGES = {"evaluate", "evaluate_task", "discover_heads", "ablate", "circuit_overlap", "measure_checkpoint"}
 
 
@@ -54,17 +54,18 @@ def test_a_stage_is_covered_as_its_function_and_the_modules_it_imports():
     assert {"fi/stages.py:evaluate", "fi/stages.py:model_in_use"} <= set(units)
     assert not {u for u in units if u.startswith("fi/stages.py:") and u.split(":")[1] in RULES} - {
         "fi/stages.py:evaluate"}
-    # function-local imports (fi.evaluation, fi.models) and what those modules import, transitively
-    assert {"fi/evaluation.py", "fi/models.py", "fi/models_check.py", "fi/answers.py", "fi/tasks.py", "fi/io.py"} <= set(units)
+    # function-local imports (fi.methods.evaluation, fi.engine.models) and what those modules import, transitively
+    assert {"fi/methods/evaluation.py", "fi/engine/models.py", "fi/plan/models_check.py", "fi/engine/answers.py",
+            "fi/plan/tasks.py", "fi/io.py"} <= set(units)
     assert "fi/stages.py" not in units and "fi/__init__.py" not in units
-    # `from fi.training import train_model as fit` inside fi.stages.train_model
-    assert "fi/training.py" in covered("train_model")
+    # `from fi.build.training import train_model as fit` inside fi.stages.train_model
+    assert "fi/build/training.py" in covered("train_model")
 
 
 def test_which_rules_reach_the_evaluation_module():
-    reach = {rule for rule in RULES if "fi/evaluation.py" in covered(rule)}
+    reach = {rule for rule in RULES if "fi/methods/evaluation.py" in covered(rule)}
     assert reach == MODEL_STAGES
-    assert not any("fi/evaluation.py" in covered(r) for r in ("dataset", "plot_accuracy", "plot_heads", "plot_ablation"))
+    assert not any("fi/methods/evaluation.py" in covered(r) for r in ("dataset", "plot_accuracy", "plot_heads", "plot_ablation"))
 
 
 @pytest.fixture
@@ -91,8 +92,8 @@ def append(path: Path, text: str):
 
 
 def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_copy):
-    assert changed_by(append(package_copy / "evaluation.py", "\nEDITED = 1\n")) == MODEL_STAGES
-    assert changed_by(append(package_copy / "plots.py", "\nEDITED = 1\n")) == {
+    assert changed_by(append(package_copy / "methods" / "evaluation.py", "\nEDITED = 1\n")) == MODEL_STAGES
+    assert changed_by(append(package_copy / "report" / "plots.py", "\nEDITED = 1\n")) == {
         "plot_accuracy", "plot_heads", "plot_ablation", "plot_circuits", "plot_function_vectors", "draw_circuit"}
     assert changed_by(append(package_copy / "io.py", "\nEDITED = 1\n")) == set(RULES)  # every stage writes with it
 
@@ -100,9 +101,9 @@ def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_cop
 
     def edit_plot_heads():
         text = stages.read_text()
-        assert text.count("plots: dict) -> None:\n    from fi.plots import plot_head_heatmaps") == 1
-        stages.write_text(text.replace("plots: dict) -> None:\n    from fi.plots import plot_head_heatmaps",
-                                       "plots: dict, edited=None) -> None:\n    from fi.plots import plot_head_heatmaps", 1))
+        assert text.count("plots: dict) -> None:\n    from fi.report.plots import plot_head_heatmaps") == 1
+        old = "plots: dict) -> None:\n    from fi.report.plots import plot_head_heatmaps"
+        stages.write_text(text.replace(old, old.replace("dict)", "dict, edited=None)"), 1))
     assert changed_by(edit_plot_heads) == {"plot_heads"}
 
 
@@ -121,18 +122,22 @@ def test_comments_docstrings_and_layout_rerun_nothing(package_copy):
 
 
 def test_a_new_module_is_picked_up_where_it_is_imported(package_copy):
-    (package_copy / "engine.py").write_text("def run():\n    return 1\n")
-    assert not any("fi/engine.py" in covered(r) for r in RULES)  # nothing imports it yet
-    ablation = package_copy / "ablation.py"
-    ablation.write_text(ablation.read_text() + "\n\ndef _uses_engine():\n    from fi.engine import run\n\n    return run()\n")
-    assert {r for r in RULES if "fi/engine.py" in covered(r)} == {"discover_heads", "ablate", "circuit_overlap"}
-    assert changed_by(append(package_copy / "engine.py", "EDITED = 1\n")) == {"discover_heads", "ablate", "circuit_overlap"}
+    (package_copy / "engine" / "probe.py").write_text("def run():\n    return 1\n")
+    assert not any("fi/engine/probe.py" in covered(r) for r in RULES)  # nothing imports it yet
+    ablation = package_copy / "methods" / "ablation.py"
+    ablation.write_text(ablation.read_text() + "\n\ndef _uses_probe():\n    from fi.engine.probe import run\n\n    return run()\n")
+    assert {r for r in RULES if "fi/engine/probe.py" in covered(r)} == {"discover_heads", "ablate", "circuit_overlap"}
+    assert changed_by(append(package_copy / "engine" / "probe.py", "EDITED = 1\n")) == {
+        "discover_heads", "ablate", "circuit_overlap"}
 
 
-def test_the_package_init_holds_no_code():
-    """fi.codehash leaves fi/__init__.py out of every hash (its docstring lists the modules and
-    changes with them); that is sound only while it runs nothing: a docstring and constants."""
-    tree = ast.parse((codehash.package_root() / "fi" / "__init__.py").read_text())
+@pytest.mark.parametrize("init", ["__init__.py", "plan/__init__.py", "engine/__init__.py", "build/__init__.py",
+                                  "methods/__init__.py", "report/__init__.py"])
+def test_the_package_inits_hold_no_code(init):
+    """fi.codehash leaves the packages' __init__.py out of every hash (fi's docstring lists the
+    modules and changes with them); that is sound only while they run nothing: a docstring and
+    constants."""
+    tree = ast.parse((codehash.package_root() / "fi" / init).read_text())
     for stmt in tree.body:
         is_doc = isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
         is_constant = isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant)

@@ -7,8 +7,8 @@ import copy
 import pytest
 import yaml
 
-from fi.config import validate_config
-from fi.grid import ConfigError, cells, model_id, model_name, models
+from fi.plan.config import validate_config
+from fi.plan.grid import ConfigError, cells, model_id, model_name, models
 from tests.conftest import REPO
 
 DEFAULT = yaml.safe_load((REPO / "config.yaml").read_text())

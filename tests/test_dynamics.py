@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fi.clamping import active_at_checkpoint, answer_pattern, answer_positions, clamped, previous_token_pattern
-from fi.dynamics import Clamp, ClampedForward, uniform_pattern
-from fi.interventions import pattern_hook, qkv_hook, z_hook
-from fi.training import build_model, build_tokenizer, char_ids, checkpoint_steps, make_batch, train_model
+from fi.build.training import build_model, build_tokenizer, char_ids, checkpoint_steps, make_batch, train_model
+from fi.engine.clamping import active_at_checkpoint, answer_pattern, answer_positions, clamped, previous_token_pattern
+from fi.engine.interventions import pattern_hook, qkv_hook, z_hook
+from fi.methods.dynamics import Clamp, ClampedForward, uniform_pattern
 from tests.conftest import tiny_train_cfg
 
 MIX = {"addition": 0.5, "letter_shift": 0.5, "repeated_tokens": 0.0}
@@ -52,7 +52,7 @@ def test_checkpoint_steps():
 def test_checkpoint_k_is_the_weights_at_step_k(tmp_path, one_torch_thread):
     """Resuming from checkpoint k (weights, optimizer, data RNG) ends at the uninterrupted run's
     weights, so checkpoint k held the run's weights at step k; every checkpoint loads as a model."""
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     cfg = tiny_train_cfg(mix=MIX, steps=6, checkpoints=[0, 3])
     curve = train_model(cfg, tmp_path / "full", progress=False)
@@ -226,8 +226,8 @@ def test_clamp_config():
 
 
 def test_bad_clamps_are_refused_when_the_dag_is_planned():
-    from fi import dynamics_runs
-    from fi.grid import ConfigError
+    from fi.plan import dynamics_runs
+    from fi.plan.grid import ConfigError
 
     def config(clamp):
         return {"models": {"toy": {"builtin": True, "train": tiny_train_cfg(steps=10, checkpoint_every=5)}},
@@ -317,8 +317,8 @@ def test_clamped_checkpoint_runs_the_training_forward(tmp_path, one_torch_thread
     """A loaded checkpoint under `clamped` gives, for every kind, the logits of the training forward
     with that clamp; a caller's hooks see the clamped values; a block part called directly (analytic
     path patching) is not clamped again; outside the block the checkpoint is the plain model."""
-    from fi.dynamics_runs import KINDS
-    from fi.models import load_model
+    from fi.engine.models import load_model
+    from fi.plan.dynamics_runs import KINDS
 
     cfg = tiny_train_cfg(mix=MIX, steps=2)
     train_model(cfg, tmp_path / "ref", progress=False)
@@ -346,7 +346,7 @@ def test_clamped_checkpoint_runs_the_training_forward(tmp_path, one_torch_thread
                 assert torch.equal(seen["z"][:, :, 2], torch.zeros_like(seen["z"][:, :, 2]))
                 assert torch.equal(seen["z1"][:, :, 2], torch.zeros_like(seen["z1"][:, :, 2]))
                 with clamped(loaded, clamps):
-                    z = torch.ones(2, 1, cfg["d_model"])  # heads' outputs side by side, as fi.patching passes them
+                    z = torch.ones(2, 1, cfg["d_model"])  # heads' outputs side by side, as fi.engine.patching passes them
                     direct = loaded.bridge.blocks[1].attn.o(z.clone())
                 torch.testing.assert_close(direct, loaded.bridge.blocks[1].attn.o(z.clone()))
         assert torch.equal(loaded.bridge(tokens), plain)
@@ -376,14 +376,14 @@ def test_measures_of_a_clamped_run_go_through_its_clamps(tmp_path, one_torch_thr
 
     import pandas as pd
 
-    from fi.dynamics import measure_checkpoint, progress_measures, train_run
-    from fi.evaluation import evaluate_task
+    from fi.build.training import checkpoint_dir
+    from fi.engine.models import load_model
+    from fi.engine.patching import Patcher, build_patching_data
     from fi.io import read_jsonl
-    from fi.models import load_model
-    from fi.patching import Patcher, build_patching_data
+    from fi.methods.dynamics import measure_checkpoint, progress_measures, train_run
+    from fi.methods.evaluation import evaluate_task
+    from fi.plan.tasks import get_family
     from fi.stages import make_dataset
-    from fi.tasks import get_family
-    from fi.training import checkpoint_dir
 
     cfg = tiny_train_cfg(mix=MIX, steps=8, checkpoints=[0, 4])
     run = tmp_path / "run"
@@ -428,7 +428,7 @@ def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(t
     steps and the figure run on its output."""
     import pandas as pd
 
-    from fi.dynamics import aggregate_dynamics, measure_checkpoint, plot_model_dynamics
+    from fi.methods.dynamics import aggregate_dynamics, measure_checkpoint, plot_model_dynamics
     from fi.stages import attribute, evaluate, head_types, make_dataset
 
     cfg = tiny_train_cfg(mix=MIX, steps=8, checkpoints=[0, 4])
@@ -475,7 +475,7 @@ def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(t
 def test_formation_steps():
     import pandas as pd
 
-    from fi.dynamics import formation_steps
+    from fi.methods.dynamics import formation_steps
 
     rows = []
     for step, (a, b) in zip([0, 10, 20, 30], [(0.0, 0.0), (-0.5, 0.0), (-0.1, -0.3), (-0.6, -0.4)]):
@@ -500,7 +500,7 @@ def test_formation_summary_over_seeds():
     import numpy as np
     import pandas as pd
 
-    from fi.dynamics import formation_summary
+    from fi.methods.dynamics import formation_summary
 
     cell = dict(model="m", task="addition", variant="v", shots=4)
     formed = {("baseline", 0): {(0, 3): 150, (1, 0): 300}, ("baseline", 1): {(0, 1): 200},
@@ -537,9 +537,9 @@ def test_fi_clamps_of_another_cell_use_each_seeds_baseline(tmp_path):
 
     import pandas as pd
 
-    from fi import dynamics_runs
-    from fi.dynamics import train_run
-    from fi.grid import ConfigError
+    from fi.methods.dynamics import train_run
+    from fi.plan import dynamics_runs
+    from fi.plan.grid import ConfigError
 
     cipher = {"task": "cipher", "variant": "maxlen1_offset1", "shots": 4}
     addition = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
@@ -577,8 +577,8 @@ def test_fi_clamps_at_other_seeds_use_that_seeds_own_fi_head(tmp_path):
     seed's own baseline: picked from its final checkpoint's path scores by the discovery criterion."""
     import pandas as pd
 
-    from fi import dynamics_runs
-    from fi.dynamics import fi_heads_from_measures
+    from fi.methods.dynamics import fi_heads_from_measures
+    from fi.plan import dynamics_runs
 
     config = {"models": {"toy": {"builtin": True, "train": tiny_train_cfg(steps=10, checkpoint_every=5)}},
               "dynamics": {"seeds": [0, 7], "runs": [{"name": "zero_fi", "clamps": [{"heads": "fi", "kind": "zero"}]}]}}

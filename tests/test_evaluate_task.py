@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from fi.grid import PATHS
+from fi.plan.grid import PATHS
 from tests.grid_runs import base_run, copy_run, dry_run, read_table
 from tests.workflow_helpers import snakemake
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fi.answers import AnswerTokenizationError, answer_token_ids, answer_vocabulary
-from fi.evaluation import evaluate_task
-from fi.tasks import get_family
+from fi.engine.answers import AnswerTokenizationError, answer_token_ids, answer_vocabulary
+from fi.methods.evaluation import evaluate_task
+from fi.plan.tasks import get_family
 
 PARAMS = {"n_examples": 12, "n_demos": 32, "seed": 42}
 

@@ -168,7 +168,7 @@ def test_same_config_in_another_folder_killed_or_not_gives_identical_tables(kill
 def test_a_failing_job_leaves_no_output_and_a_log_naming_the_error(tmp_path):
     """A local checkpoint whose weights file is corrupt passes the config check (the file exists)
     and fails in its evaluation job."""
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     ckpt = save_random_checkpoint(tmp_path / "broken-ckpt")
     (ckpt / "model.safetensors").write_bytes(b"\x00not a safetensors file" * 40)

@@ -1,4 +1,4 @@
-"""Function vectors (fi.function_vectors): the engine against a plain reference of the definition,
+"""Function vectors (fi.methods.function_vectors): the engine against a plain reference of the definition,
 the null cases, the derived measures and the stage's table."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fi.function_vectors import (
+from fi.engine.patching import build_patching_data
+from fi.methods.function_vectors import (
     ALL,
     CONTRAST,
     FI,
@@ -25,8 +26,7 @@ from fi.function_vectors import (
     set_vectors,
     vector_sets,
 )
-from fi.patching import build_patching_data
-from fi.tasks import get_family
+from fi.plan.tasks import get_family
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -165,7 +165,7 @@ def test_vector_sets_come_from_the_circuit_else_the_discovery_heads():
 
 @pytest.mark.parametrize("residual_readout", [True, False])
 def test_shifts_match_the_reference(tiny_llama, residual_readout, monkeypatch):
-    import fi.function_vectors as fv
+    import fi.methods.function_vectors as fv
 
     if not residual_readout:  # the full-logits route
         monkeypatch.setattr(fv, "residual_readout_holds", lambda *a, **k: False)

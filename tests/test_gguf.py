@@ -1,5 +1,5 @@
-"""GGUF models (fi/gguf.py): tiny GGUF files written here (tests/tiny_gguf.py) are converted into HF
-folders whose logits, loaded through fi.models.load_model, equal the model transformers loads straight
+"""GGUF models (fi/build/gguf.py): tiny GGUF files written here (tests/tiny_gguf.py) are converted into HF
+folders whose logits, loaded through fi.engine.models.load_model, equal the model transformers loads straight
 from the file; bad sources are refused naming the model and the file, and leave no folder."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ import pytest
 
 pytest.importorskip("gguf", reason="the `gguf` package writes the test files (pip install -e '.[test]')")
 
-from fi.config import validate_config
-from fi.gguf import PROVENANCE_FILE, GGUFError, convert_gguf, file_sha256, gguf_parity, read_header, resolve_source, source_params
-from fi.grid import ConfigError, models
+from fi.build.gguf import convert_gguf, gguf_parity
+from fi.plan.config import validate_config
+from fi.plan.gguf_source import PROVENANCE_FILE, GGUFError, file_sha256, read_header, resolve_source, source_params
+from fi.plan.grid import ConfigError, models
 from tests.tiny_gguf import write_tiny_gguf, write_unsupported
 
 ADDITION_PROMPT = "3+4=8\n1+1=3\n2+5="
@@ -50,7 +51,7 @@ def test_converted_logits_equal_the_gguf_model(converted, kind):
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_tokenizer_round_trips_the_task_prompts(converted, kind):
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     _, folder, _ = converted[kind]
     m = load_model(kind, path=str(folder), device="cpu")

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fi.heads import head_type_scores, select_heads
+from fi.methods.heads import head_type_scores, select_heads
 
 
 class FakeBridge:

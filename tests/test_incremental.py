@@ -16,7 +16,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fi.grid import Cell, ablation_path, attribution_path, builtin_model_dir, dataset_path, eval_path, head_types_path, heads_path
+from fi.plan.grid import (
+    Cell,
+    ablation_path,
+    attribution_path,
+    builtin_model_dir,
+    dataset_path,
+    eval_path,
+    head_types_path,
+    heads_path,
+)
 from tests.conftest import REPO
 from tests.grid_runs import BASE_CONFIG, base_run, copy_run, dry_run, list_changes
 
@@ -298,7 +307,7 @@ def _append_code(path: Path) -> None:
 
 
 # Editing one module reruns the jobs whose code reaches it (their code hash changes) and what reads
-# their outputs (their inputs are new), nothing else: fi.evaluation is run by evaluate, discover_heads
+# their outputs (their inputs are new), nothing else: fi.methods.evaluation is run by evaluate, discover_heads
 # (checking the heads) and ablate, not by the datasets, the model, attribution or head types.
 AFTER_EVALUATION = {rule: FULL[rule] for rule in ("evaluate", "discover_heads", "ablate", "aggregate",
                                                   "aggregate_attribution", "aggregate_ablation", "plot_accuracy",
@@ -308,9 +317,9 @@ PLOTS = {"plot_accuracy": ACC_PLOTS, "plot_heads": HEADS_PLOT, "plot_ablation": 
 
 @pytest.mark.parametrize("module,edit,expected,changed", [
     # (ablate's code changed too, but snakemake names only its first reason: its new heads file)
-    pytest.param("evaluation.py", _append_code, AFTER_EVALUATION, FULL["evaluate"] | FULL["discover_heads"],
+    pytest.param("methods/evaluation.py", _append_code, AFTER_EVALUATION, FULL["evaluate"] | FULL["discover_heads"],
                  id="evaluation"),
-    pytest.param("plots.py", _append_code, PLOTS, ACC_PLOTS | HEADS_PLOT | ABL_PLOT, id="plots"),
+    pytest.param("report/plots.py", _append_code, PLOTS, ACC_PLOTS | HEADS_PLOT | ABL_PLOT, id="plots"),
     pytest.param("stages.py", _edit_stage_function("plot_heads"), {"plot_heads": HEADS_PLOT}, HEADS_PLOT,
                  id="one_stage_function"),
 ])

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from fi.io import write_jsonl
+from fi.plan.tasks import get_family
 from fi.stages import LowGapError, aggregate_attribution, discover_heads, heldout_records
-from fi.tasks import get_family
 
 CELL = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
 DISCOVERY = {"cell": CELL, "method": "path", "criterion": "top_k", "top_k": 1, "threshold": 0.2}

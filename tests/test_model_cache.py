@@ -1,5 +1,5 @@
 """One load per model, not per job: jobs that share a process share the loaded model
-(fi.models.ModelCache), and never run it at the same time."""
+(fi.engine.models.ModelCache), and never run it at the same time."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import threading
 import pandas as pd
 import pytest
 
+from fi.engine.models import ModelCache
 from fi.io import write_jsonl
-from fi.models import ModelCache
-from fi.tasks import get_family
+from fi.plan.tasks import get_family
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -64,8 +64,8 @@ def test_jobs_side_by_side_get_copies_of_their_own_and_later_jobs_reuse_them(tin
 def test_evaluation_jobs_of_one_process_share_one_load_and_score_as_a_fresh_load(tiny_llama_dir, tmp_path, monkeypatch):
     from fi import stages
 
-    monkeypatch.setattr("fi.models.MODEL_CACHE", ModelCache(capacity=2))
-    import fi.models
+    monkeypatch.setattr("fi.engine.models.MODEL_CACHE", ModelCache(capacity=2))
+    import fi.engine.models
 
     family = get_family("addition")
     entry = {"name": "tiny", "path": str(tiny_llama_dir), "dtype": "float32"}
@@ -76,9 +76,9 @@ def test_evaluation_jobs_of_one_process_share_one_load_and_score_as_a_fresh_load
         write_jsonl(family.generate(family.parse_variant(variant), {"n_examples": 6, "n_demos": 8, "seed": 0}), data)
         tables.append(stages.evaluate(entry, "addition", variant, 4, str(data), str(tmp_path / f"{variant}.parquet"),
                                       batch_size=4, device="cpu"))
-    assert list(fi.models.MODEL_CACHE.loads.values()) == [1]
+    assert list(fi.engine.models.MODEL_CACHE.loads.values()) == [1]
     # a process of its own (no cache) scores the cell alike
-    monkeypatch.setattr("fi.models.MODEL_CACHE", ModelCache(capacity=0))
+    monkeypatch.setattr("fi.engine.models.MODEL_CACHE", ModelCache(capacity=0))
     alone = stages.evaluate(entry, "addition", "setting1_nmax9_offset2", 4, str(tmp_path / "setting1_nmax9_offset2.jsonl"),
                             str(tmp_path / "alone.parquet"), batch_size=4, device="cpu")
     pd.testing.assert_frame_equal(alone, tables[1])

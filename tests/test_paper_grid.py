@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 import yaml
 
-import fi.config as config_checks
-import fi.grid as grid
-import fi.hub as hub
-import fi.resources as resources
-from fi.config import validate_config
-from fi.grid import ConfigError
+import fi.plan.config as config_checks
+import fi.plan.grid as grid
+import fi.plan.hub as hub
+import fi.plan.resources as resources
+from fi.plan.config import validate_config
+from fi.plan.grid import ConfigError
 from tests.conftest import REFERENCE, REPO
 from tests.workflow_helpers import TINY_CONFIG, scheduled_jobs, snakemake, write_config
 
@@ -167,7 +167,7 @@ def test_hub_check_modes(monkeypatch):
 
 
 def test_alias_table_is_transformer_lens_public_one():
-    """fi.hub reads TransformerLens' alias data file to keep torch out of DAG planning; it must give
+    """fi.plan.hub reads TransformerLens' alias data file to keep torch out of DAG planning; it must give
     what TransformerLens' public table (transformer_lens.supported_models.MODEL_ALIASES) gives."""
     from transformer_lens.supported_models import MODEL_ALIASES
 
@@ -190,7 +190,7 @@ def test_cached_hub_model_passes_offline(monkeypatch, tmp_path):
 # ---- the reference overlay ------------------------------------------------------------------------
 
 def test_reference_columns_are_the_papers():
-    from fi.tables import PAPER_COLUMNS
+    from fi.report.tables import PAPER_COLUMNS
 
     assert config_checks.REFERENCE_COLUMNS == list(PAPER_COLUMNS)
 
@@ -212,8 +212,8 @@ def test_configured_reference_must_exist_and_have_the_papers_columns(tmp_path):
 def test_plot_stage_overlays_the_papers_reference(tmp_path):
     if not REFERENCE_CSV.exists():
         pytest.skip(f"paper table not found at {REFERENCE_CSV} (set FI_REFERENCE_DIR)")
+    from fi.report.tables import from_paper_format
     from fi.stages import plot_accuracy
-    from fi.tables import from_paper_format
 
     validate_config({**yaml.safe_load((REPO / "config.yaml").read_text()), "plots": {"reference": str(REFERENCE_CSV)}})
     # our table: the paper's own Gemma-2 rows at nmax 9 (so the overlay has matching panels), shifted
@@ -277,7 +277,7 @@ def test_cuda_oom_is_retried_with_a_halved_batch(tmp_path):
     (tmp_path / "oom.py").write_text(OOM_SCRIPT)
     # the rules' resources exactly as the workflow builds them (common.smk's model_resources)
     (tmp_path / "Snakefile").write_text(
-        "import fi.resources as fi_resources\nfrom fi.grid import ModelEntry\n\n"
+        "import fi.plan.resources as fi_resources\nfrom fi.plan.grid import ModelEntry\n\n"
         "MODELS = {'m': ModelEntry('m', 'm', False, None, {'batch_size': 64, 'device': 'cpu'})}\n\n\n"
         "def model_resources(rule, batched=False):\n    return fi_resources.model_resources(MODELS, rule, batched)\n\n\n"
         + rules)

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from fi.cli import main
-from fi.parity import COLUMNS, parity
+from fi.methods.parity import COLUMNS, parity
 from tests.conftest import REPO
 from tests.tiny_checkpoints import save_checkpoint
 

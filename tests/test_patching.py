@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fi.patching import POSITION_GROUPS, Patcher, Receiver, build_patching_data, logit_diff, z_hook
-from fi.reference import reference_activation_patching, reference_path_patching
-from fi.tasks import get_family
+from fi.engine.patching import POSITION_GROUPS, Patcher, Receiver, build_patching_data, logit_diff, z_hook
+from fi.engine.reference import reference_activation_patching, reference_path_patching
+from fi.plan.tasks import get_family
 
 ADDITION = get_family("addition")
 PARAMS = {"n_examples": 12, "n_demos": 32, "seed": 42}
@@ -21,7 +21,7 @@ def data_for(model, variant="setting1_nmax9_offset1", shots=4, n=8):
 
 @pytest.fixture(scope="module")
 def gqa_model(tiny_gqa_llama_dir):
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     return load_model("tiny-gqa", path=str(tiny_gqa_llama_dir), device="cpu")
 
@@ -54,8 +54,8 @@ def test_a_receiver_set_equals_each_receiver_alone(tmp_path):
     a 3-layer model with a known circuit (tests/planted_circuit.py), whose scores are O(1)."""
     from planted_circuit import save_planted_checkpoint
 
-    from fi.models import load_model
-    from fi.patching import build_cache, path_patching_to_heads
+    from fi.engine.models import load_model
+    from fi.engine.patching import build_cache, path_patching_to_heads
 
     model = load_model("planted", path=str(save_planted_checkpoint(tmp_path / "planted")), device="cpu")
     data = data_for(model, n=6)
@@ -94,7 +94,7 @@ def test_a_head_input_is_one_query_heads_under_grouped_query_attention(gqa_model
     """With grouped-query attention, path patching to head h's value or key input patches what head
     h alone sees, as in the paper's ungrouped model: equal to the paper's loop on the ungrouped copy
     of the model (one key-value head per query head), and different for two heads of one group."""
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     ungrouped = load_model("ungrouped", path=str(_ungrouped_copy(tiny_gqa_llama_dir, tmp_path / "u")), device="cpu")
     data = data_for(gqa_model)
@@ -201,7 +201,7 @@ def test_patching_reads_the_same_logit_difference_as_evaluation(tiny_llama):
     """One convention everywhere: on the cipher, whose answers share their leading ' ' token under a
     character tokenizer, no example is dropped, both prompts go on with the shared token, and the
     patching engine's LD per prompt kind equals evaluation's mean logit difference."""
-    from fi.evaluation import evaluate_task
+    from fi.methods.evaluation import evaluate_task
 
     cipher = get_family("cipher")
     v = cipher.parse_variant("maxlen1_offset2")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from fi.plots import plot_accuracy
-from fi.tables import from_paper_format
+from fi.report.plots import plot_accuracy
+from fi.report.tables import from_paper_format
 from tests.conftest import REFERENCE
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,6 @@
 """Real-model shapes, offline: tiny GPT-2, Llama (GQA) and Gemma-2 checkpoints with single-digit,
 multi-digit and GPT-2 BPE tokenizers (tests/tiny_checkpoints.py), loaded from local folders through
-fi.models.load_model, then evaluated, attributed and ablated on addition and the cipher."""
+fi.engine.models.load_model, then evaluated, attributed and ablated on addition and the cipher."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from fi.ablation import ablated_scores
-from fi.answers import AnswerTokenizationError, answer_token_ids, answer_vocabulary
-from fi.evaluation import evaluate_task
-from fi.models import load_model
-from fi.patching import Patcher, build_patching_data
-from fi.reference import reference_activation_patching, reference_path_patching
-from fi.tasks import get_family
+from fi.engine.answers import AnswerTokenizationError, answer_token_ids, answer_vocabulary
+from fi.engine.models import load_model
+from fi.engine.patching import Patcher, build_patching_data
+from fi.engine.reference import reference_activation_patching, reference_path_patching
+from fi.methods.ablation import ablated_scores
+from fi.methods.evaluation import evaluate_task
+from fi.plan.tasks import get_family
 from tests.tiny_checkpoints import ARCHITECTURES, TOKENIZER_STYLES, boundary_merging_tokenizer, save_checkpoint
 
 ADDITION, CIPHER = get_family("addition"), get_family("cipher")
@@ -218,10 +218,10 @@ def test_batched_scoring_equals_the_per_example_loop(checkpoint_root, arch, styl
 
 
 def test_path_and_activation_patching_equal_the_references(model, monkeypatch):
-    """Patcher against the paper's per-sender loops (fi.reference) on every checkpoint, the analytic
+    """Patcher against the paper's per-sender loops (fi.engine.reference) on every checkpoint, the analytic
     run 1 and the hooked one alike. On Gemma-2 the post-sublayer norms matter: an analytic run 1
     that left them out would be refused by the route's self-check, and would be wrong."""
-    import fi.patching
+    import fi.engine.patching
 
     for family, variant, shots in ATTRIBUTION_CELLS:
         data = patching_data(model, family, variant, shots)
@@ -233,7 +233,7 @@ def test_path_and_activation_patching_equal_the_references(model, monkeypatch):
         assert on_ld_scale(hooked.path_patching("output"), ref, patcher) <= 1e-4
         if "gemma2" in model.name:
             with monkeypatch.context() as m:
-                m.setattr(fi.patching, "_post_norm", lambda block, name: None)
+                m.setattr(fi.engine.patching, "_post_norm", lambda block, name: None)
                 assert not Patcher(model, data, batch_size=4).route.analytic_output_path
                 forced = patcher.with_route(analytic_output_path=True)
                 assert on_ld_scale(forced.path_patching("output"), ref, patcher) > 1e-2
@@ -245,15 +245,15 @@ def test_route_probe_decides_as_the_first_chunks_runs(model, monkeypatch):
     """The route checks on a short probe (2 examples, 12 tokens: used where full logits are costly)
     decide what the checks on the first chunk's own runs decide, and the scores do not depend on
     which of the two ran."""
-    import fi.patching
-    from fi.patching import Route, _checked_runs, cache_names, decide_route
+    import fi.engine.patching
+    from fi.engine.patching import Route, _checked_runs, cache_names, decide_route
 
     data = patching_data(model)
     chunk_route = _checked_runs(model, data.subset(slice(0, 4)), set(cache_names(model.n_layers)), True)[0]
     assert decide_route(model, data) == chunk_route == Route(residual_readout=True, analytic_output_path=True)
     scores = {}
     for cheap in (True, False):
-        monkeypatch.setattr(fi.patching, "_full_logits_cheap", lambda m, cheap=cheap: cheap)
+        monkeypatch.setattr(fi.engine.patching, "_full_logits_cheap", lambda m, cheap=cheap: cheap)
         patcher = Patcher(model, data, batch_size=4)
         scores[cheap] = patcher.path_patching("output"), patcher.ld_normal, patcher.ld_contrast
     assert on_ld_scale(scores[True][0], scores[False][0], patcher) <= 1e-4
@@ -336,7 +336,7 @@ def test_half_precision_models_evaluate_and_attribute(checkpoint_root, dtype):
 
 
 def test_local_folders_load_offline_and_bad_ones_name_the_model(checkpoint_root, tmp_path, monkeypatch):
-    from fi.models import ModelLoadError
+    from fi.engine.models import ModelLoadError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     loaded(checkpoint_root, "llama", "single_digit")
@@ -383,8 +383,8 @@ def test_patching_drops_examples_whose_answer_merges_and_counts_them(merging_mod
 def test_evaluation_rejects_answers_tokenized_differently_after_the_two_prompts(checkpoint_root):
     # GPT-2 BPE without digit splitting: an answer glued to the prompt's last token tokenizes with it
     m = loaded(checkpoint_root, "gpt2", "gpt2_bpe")
-    from fi.evaluation import encode_examples
-    from fi.tasks import Example
+    from fi.methods.evaluation import encode_examples
+    from fi.plan.tasks import Example
 
     ex = Example(normal_prompt="1+2=3\n4+5=", contrast_prompt="1+2=4\n4+5=1", normal_answer="0",
                  contrast_answer="1")

@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from fi.config import validate_config
+from fi.plan.config import validate_config
 from tests.grid_runs import BASE_CONFIG, base_run, copy_run
 from tests.workflow_helpers import snakemake
 

@@ -14,7 +14,7 @@ import matplotlib
 import pytest
 import yaml
 
-from fi.plots import plot_accuracy, plot_head_heatmaps
+from fi.report.plots import plot_accuracy, plot_head_heatmaps
 from fi_workflow import jobs
 from fi_workflow.run import Job, run_job
 from tests.conftest import REPO

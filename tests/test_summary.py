@@ -9,8 +9,8 @@ import subprocess
 import pandas as pd
 import pytest
 
-from fi import provenance
 from fi.io import write_parquet
+from fi.report import provenance
 from tests.conftest import REPO
 from tests.grid_runs import base_run, read_table
 

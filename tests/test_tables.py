@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fi.tables import PAPER_COLUMNS, from_paper_format, summarise_cell, to_paper_format, wilson_interval
+from fi.report.tables import PAPER_COLUMNS, from_paper_format, summarise_cell, to_paper_format, wilson_interval
 from tests.conftest import REFERENCE
 
 

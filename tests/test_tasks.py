@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fi import tasks
 from fi.io import read_jsonl, write_jsonl
-from fi.tasks import FAMILIES, Example, get_family
+from fi.plan import tasks
+from fi.plan.tasks import FAMILIES, Example, get_family
 
 REFERENCE = Path(os.environ.get(
     "FI_REFERENCE_DIR",

@@ -6,8 +6,8 @@ import string
 
 from safetensors.torch import load_file
 
-from fi.tasks import get_family
-from fi.training import build_tokenizer, letter_shift_sequence, make_batch, train_model
+from fi.build.training import build_tokenizer, letter_shift_sequence, make_batch, train_model
+from fi.plan.tasks import get_family
 from tests.conftest import tiny_train_cfg
 
 LETTERS = string.ascii_lowercase

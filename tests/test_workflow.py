@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from fi.tables import PAPER_COLUMNS
+from fi.report.tables import PAPER_COLUMNS
 from tests.workflow_helpers import TINY_CONFIG, scheduled_jobs, snakemake, write_config
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ rule aggregate:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
 
-# The run's headline findings from its tables, and their provenance (fi.summary).
+# The run's headline findings from its tables, and their provenance (fi.report.summary).
 rule summary:
     input:
         unpack(summary_inputs),

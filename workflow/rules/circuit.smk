@@ -1,4 +1,4 @@
-# The paper's circuit (fi/circuit.py): three head groups by iterated path patching on every
+# The paper's circuit (fi/methods/circuit.py): three head groups by iterated path patching on every
 # attribution cell, the circuit's evaluation on the discovery cell, and the cross-task overlap.
 
 

@@ -1,4 +1,4 @@
-# Shared by the stage files: the config's models and cells, the path patterns (fi.grid.PATHS), the
+# Shared by the stage files: the config's models and cells, the path patterns (fi.plan.grid.PATHS), the
 # input functions, and one helper per concern: model_params (what a model job's outputs depend
 # on), model_resources (what it asks the scheduler for), code_hash (the code it runs). Every rule
 # runs its adapter (fi_workflow.jobs) with `run: run_job(rule, Job(...))` (fi_workflow.run), or,
@@ -6,11 +6,11 @@
 import re
 from functools import lru_cache
 
-import fi.dynamics_runs as dyn
-import fi.gguf as gguf_source
-import fi.resources as fi_resources
-from fi.config import validate_config
-from fi.grid import (
+import fi.plan.dynamics_runs as dyn
+import fi.plan.gguf_source as gguf_source
+import fi.plan.resources as fi_resources
+from fi.plan.config import seeds_of, validate_config
+from fi.plan.grid import (
     PATHS,
     WILDCARDS,
     ConfigError,
@@ -31,8 +31,7 @@ from fi.grid import (
     task_cells,
     task_names,
 )
-from fi.summary import seeds_of
-from fi.tasks import get_family
+from fi.plan.tasks import get_family
 from fi_workflow.codehash import code_hash as _code_hash
 from fi_workflow.run import Job
 from fi_workflow.run import run_job as _run_job
@@ -217,13 +216,13 @@ def run_job(rule, job):
     _run_job(rule, job, share_process=workflow.use_threads)
 
 
-# ---- resources: what a job asks the scheduler for (fi.resources) ------------------------------
+# ---- resources: what a job asks the scheduler for (fi.plan.resources) ------------------------------
 
 
 def model_resources(rule, batched=False):
     """`resources: **model_resources("evaluate", batched=True)`: memory, runtime (growing with each
     retry) and GPUs from the model's config entry, its device, and (batched) its batch size, halved
-    on each retry (fi.resources.model_resources)."""
+    on each retry (fi.plan.resources.model_resources)."""
     return fi_resources.model_resources(MODELS, rule, batched)
 
 
@@ -232,7 +231,7 @@ def parity_resources():
     return fi_resources.parity_resources(MODELS)
 
 
-# ---- training dynamics (workflow/rules/dynamics.smk, fi.dynamics) ----------------------------------
+# ---- training dynamics (workflow/rules/dynamics.smk, fi.methods.dynamics) ----------------------------------
 
 DYN_RUNS = dyn.runs(config)
 DYN_RUN = {(r.model, r.name, r.seed): r for r in DYN_RUNS}
@@ -281,7 +280,7 @@ def dyn_measure_inputs(wc):
     }
 
 
-# ---- GGUF models (workflow/rules/gguf.smk, fi.gguf) ---------------------------------------------
+# ---- GGUF models (workflow/rules/gguf.smk, fi.plan.gguf_source) ---------------------------------------------
 GGUF_SOURCES = {
     m.id: gguf_source.resolve_source(m.name, m.cfg, m.id) for m in MODELS.values() if m.gguf
 }
@@ -297,7 +296,7 @@ def gguf_inputs(wildcards):
     return {"gguf": src.file} if src.assembled else {}
 
 
-# ---- the circuit (workflow/rules/circuit.smk, fi.circuit) ------------------------------------------
+# ---- the circuit (workflow/rules/circuit.smk, fi.methods.circuit) ------------------------------------------
 # Circuits are found on every attribution cell (the discovery cell, and attribution.cells: one per
 # family gives the cross-task overlap); evaluated on the discovery cell.
 CIRCUIT = config["circuit"]

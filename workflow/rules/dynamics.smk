@@ -1,8 +1,8 @@
-# Training dynamics of the built-in models (fi/dynamics.py, issue 13): progress measures on every
+# Training dynamics of the built-in models (fi/methods/dynamics.py, issue 13): progress measures on every
 # checkpoint of the model's own training (run `baseline`) and of the runs in `dynamics.runs`
 # (clamps during training, other data settings), at the model's seed and each of dynamics.seeds. A
 # clamped run's checkpoints are measured through the clamps active at their step (the run folder's
-# clamps.json; fi.clamping.active_at_checkpoint).
+# clamps.json; fi.engine.clamping.active_at_checkpoint).
 
 
 wildcard_constraints:

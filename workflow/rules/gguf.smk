@@ -1,4 +1,4 @@
-# GGUF models (fi/gguf.py): a model entry with `gguf: {file: ...}` or `gguf: {package: ...}` is
+# GGUF models (fi/build/gguf.py): a model entry with `gguf: {file: ...}` or `gguf: {package: ...}` is
 # converted once into results/models/{model}/ (float32 safetensors, tokenizer from the GGUF metadata,
 # gguf_source.json), which every stage then loads like any checkpoint folder (common.smk's
 # model_inputs makes the folder a job input). The source's sha256 is a param: a different file or
@@ -39,7 +39,7 @@ rule convert_gguf:
         "../../envs/fi.yaml"
     threads: 1
     resources:
-        # measured: 1.3 GB peak for SmolLM2-135M, see fi/gguf.py; a model's own resources if larger
+        # measured: 1.3 GB peak for SmolLM2-135M, see fi/build/gguf.py; a model's own resources if larger
         mem_mb=lambda wc: max(
             4000, fi_resources.job_resources(MODELS[wc.model], "evaluate")["mem_mb"]
         ),

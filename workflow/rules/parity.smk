@@ -1,5 +1,5 @@
 # Parity (optional target, not part of `all`): our TransformerBridge logits against plain
-# transformers for every configured model, in its configured dtype (fi/parity.py).
+# transformers for every configured model, in its configured dtype (fi/methods/parity.py).
 #   snakemake --cores 1 results/tables/parity.csv
 
 

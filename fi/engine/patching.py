@@ -1,7 +1,7 @@
 """The intervention engine: activation, path and attribution patching over attention heads, and the
 patched runs that circuit evaluation uses, in the shape of TransformerLens' `patching.py`: one
 generic function (`run_with_interventions`: a contrast run, stacked once per variant along the batch,
-each variant with its own `fi.interventions.Intervention`s, read through one metric) and thin
+each variant with its own `fi.engine.interventions.Intervention`s, read through one metric) and thin
 specialisations, each a function of (model, cache, interventions, metric).
 
 Conventions (the paper's, section 2):
@@ -11,7 +11,7 @@ Conventions (the paper's, section 2):
     contrast-answer logit, averaged over examples: LD. Where the two answers share leading tokens
     (a character tokenizer spells ' b' / ' c' as [' ', 'b'] / [' ', 'c']), both prompts go on with
     that common prefix and LD is read at the first token where the answers differ
-    (fi.answers.first_difference; evaluation's logit differences use the same position).
+    (fi.engine.answers.first_difference; evaluation's logit differences use the same position).
   * A patched run's score is normalised as (LD_patched - LD_contrast) / (LD_contrast - LD_normal):
     0 means no effect, -1 means the patch fully restores the normal behaviour (answering a+b).
 
@@ -22,7 +22,7 @@ position, or hooked), decided once from checks with full logits on the first chu
 where full logits are costly, on a short probe (build_cache, ROUTE_PROBE).
 
 Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
-tokenizers), whose answer merges into the prompt's last token (see fi.answers), or whose two answers
+tokenizers), whose answer merges into the prompt's last token (see fi.engine.answers), or whose two answers
 never differ (offset 0), carry no signal and are dropped; the count dropped is reported.
 """
 
@@ -36,10 +36,10 @@ from functools import cached_property
 import torch
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-from fi.answers import AnswerTokenizationError, answer_token_ids, first_difference
-from fi.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
+from fi.engine.answers import AnswerTokenizationError, answer_token_ids, first_difference
+from fi.engine.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
+from fi.engine.readout import FINAL_RESID, ROUTE_RTOL, run_hooked, run_to_final_resid, unembed_tokens
 from fi.io import progress
-from fi.readout import FINAL_RESID, ROUTE_RTOL, run_hooked, run_to_final_resid, unembed_tokens
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
@@ -79,7 +79,7 @@ class Receiver:
 @dataclass
 class PatchingData:
     """Aligned normal / contrast prompts (right-padded to one width), each followed by the two
-    answers' common prefix, and the answers' first differing tokens (see fi.answers.first_difference)."""
+    answers' common prefix, and the answers' first differing tokens (see fi.engine.answers.first_difference)."""
 
     normal: torch.Tensor  # [B, T] long
     contrast: torch.Tensor  # [B, T] long
@@ -298,7 +298,7 @@ class RunCache:
     ld_normal, ld_contrast [N] LD per example of each run (ld_contrast None and contrast empty in a
                            normal-run-only cache: build_normal_cache)
     variant_lds            mean LD of each circuit variant already run on these prompts
-                           (fi.circuit.circuit_lds), so that no variant runs twice"""
+                           (fi.methods.circuit.circuit_lds), so that no variant runs twice"""
 
     data: PatchingData
     route: Route
@@ -579,7 +579,7 @@ def _activation_ld_analytic(model, cache: RunCache, i: int, layer: int, heads: S
 
 def patched_effect(model, cache: RunCache, heads: Sequence[Head]) -> float:
     """Normalised effect of patching a *set* of heads' hook_z from the normal run at once, at every
-    position (fi.circuit patches by position)."""
+    position (fi.methods.circuit patches by position)."""
     total = 0.0
     for i in range(len(cache.chunks)):
         ivs = [Intervention.patch(z_hook(layer), cache.normal[i][z_hook(layer)], heads=hs)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from fi.interventions import pattern_hook
-from fi.patching import PatchingData, Receiver, logit_diff, qkv_hook, z_hook
+from fi.engine.interventions import pattern_hook
+from fi.engine.patching import PatchingData, Receiver, logit_diff, qkv_hook, z_hook
 
 
 def _runs(model, data: PatchingData, batch: int):
@@ -90,7 +90,7 @@ def head_receiver_logits(bridge, contrast, run1_hooks, receiver: Receiver, n_hea
 
 
 def reference_path_patching(model, data: PatchingData, receiver: Receiver | str = "output", batch: int = 4) -> torch.Tensor:
-    """The paper's per-sender two-pass path patching, normalised as in fi.patching."""
+    """The paper's per-sender two-pass path patching, normalised as in fi.engine.patching."""
     receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
     b = model.bridge
     L, H = model.n_layers, model.n_heads

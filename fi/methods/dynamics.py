@@ -2,9 +2,9 @@
 its checkpoints (issue 13; the reference is Singh et al. 2024, "What needs to go right for an
 induction head?", and its "artificial optogenetics").
 
-Clamping itself (what a `Clamp` is and how clamped steps run) lives in fi.clamping. A clamped run's
+Clamping itself (what a `Clamp` is and how clamped steps run) lives in fi.engine.clamping. A clamped run's
 checkpoints are measured through the same clamps (those active at the checkpoint's step,
-fi.clamping.active_at_checkpoint), so a head zeroed throughout training is measured zeroed.
+fi.engine.clamping.active_at_checkpoint), so a head zeroed throughout training is measured zeroed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from fi.dynamics_runs import (  # noqa: F401
+from fi.plan.dynamics_runs import (  # noqa: F401
     REF_KINDS,
     Run,
     check_clamp_entry,
@@ -31,8 +31,8 @@ from fi.dynamics_runs import (  # noqa: F401
 if TYPE_CHECKING:  # pandas is imported where it is used, to keep the DAG's planning light
     import pandas as pd
 
-from fi.clamping import KINDS, Clamp, ClampedForward, active_at_checkpoint, clamped, uniform_pattern  # noqa: F401
-from fi.interventions import pattern_hook, z_hook
+from fi.engine.clamping import KINDS, Clamp, ClampedForward, active_at_checkpoint, clamped, uniform_pattern  # noqa: F401
+from fi.engine.interventions import pattern_hook, z_hook
 
 SOURCE_NAMES = ("addition", "letter_shift", "repeated_tokens")
 
@@ -40,7 +40,7 @@ SOURCE_NAMES = ("addition", "letter_shift", "repeated_tokens")
 def heldout_losses(model, train: dict, n_seqs: int = 64, seed: int = 12345) -> dict[str, float]:
     """Mean answer-token loss per data source on a fixed held-out batch of that source alone (drawn
     with the run's own data settings from `seed`, the same batch for every checkpoint)."""
-    from fi.training import make_batch
+    from fi.build.training import make_batch
 
     out = {}
     for source in SOURCE_NAMES:
@@ -55,7 +55,7 @@ def heldout_losses(model, train: dict, n_seqs: int = 64, seed: int = 12345) -> d
 
 def query_attention_to_answers(model, data) -> torch.Tensor:
     """[layers, heads]: attention mass from the query's last prompt token (addition: the query's '=')
-    to the demos' answer tokens, mean over the contrast prompts of `data` (fi.patching.PatchingData)."""
+    to the demos' answer tokens, mean over the contrast prompts of `data` (fi.engine.patching.PatchingData)."""
     names = {pattern_hook(layer) for layer in range(model.n_layers)}
     out = torch.zeros(model.n_layers, model.n_heads)
     for start in range(0, data.size, 32):
@@ -89,15 +89,15 @@ def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets:
                       clamps: Sequence[Clamp] = ()) -> pd.DataFrame:
     """Every progress measure of one checkpoint folder, as long rows (measure, task, variant, shots,
     layer, head, value; layer = head = -1 for a model-level measure), every one of them through
-    `clamps` (fi.clamping.clamped: the clamped run's forward; column `clamps`, JSON, records them):
+    `clamps` (fi.engine.clamping.clamped: the clamped run's forward; column `clamps`, JSON, records them):
       heldout_loss_<source>   loss per data source on a fixed held-out batch (heldout_losses)
-      cf_acc, orig_acc        on each cell (fi.evaluation.evaluate_task)
+      cf_acc, orig_acc        on each cell (fi.methods.evaluation.evaluate_task)
       ld_normal, ld_contrast  the cell's mean logit differences (as attribution reports them)
       path_output             path patching to the output, normalised (the FI-head score, per head)
       attn_query_answers      attention from the query's '=' to the demos' answers (per head)
-      previous_token_score, duplicate_token_score, induction_score (fi.heads.head_type_scores)
+      previous_token_score, duplicate_token_score, induction_score (fi.methods.heads.head_type_scores)
     A head whose output is the same on the normal and contrast prompts (zeroed) has path score 0."""
-    from fi.models import load_model
+    from fi.engine.models import load_model
 
     model = load_model(Path(checkpoint).name, path=str(checkpoint), device="cpu")
     with clamped(model, clamps):
@@ -109,11 +109,11 @@ def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets:
 def _measures(model, train, cells, datasets, head_types, max_examples, batch_size, eval_batch_size):
     import pandas as pd
 
-    from fi.evaluation import evaluate_task
-    from fi.heads import head_type_scores
+    from fi.engine.patching import Patcher, build_patching_data
     from fi.io import read_jsonl
-    from fi.patching import Patcher, build_patching_data
-    from fi.tasks import get_family
+    from fi.methods.evaluation import evaluate_task
+    from fi.methods.heads import head_type_scores
+    from fi.plan.tasks import get_family
 
     rows = []
 
@@ -252,7 +252,7 @@ def fi_heads_from_measures(measures: str, discovery: dict) -> list[list[int]]:
     the grid's attribution)."""
     import pandas as pd
 
-    from fi.heads import select_heads
+    from fi.methods.heads import select_heads
 
     df = pd.read_parquet(measures)
     cell = discovery["cell"]
@@ -278,8 +278,8 @@ def train_run(train: dict, clamps: list[dict], output: str, baseline: str | None
     measures of the run's checkpoints apply them from (run_clamps)."""
     import logging
 
+    from fi.build.training import checkpoint_dir, train_model
     from fi.io import write_json
-    from fi.training import checkpoint_dir, train_model
 
     values, applied = [], []
     for entry in clamps:
@@ -321,13 +321,13 @@ def run_clamps(run_dir: str) -> list[Clamp]:
 def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], datasets: list[str],
                        head_types: dict, params: dict, keys: dict, output: str, threads: int | None = None) -> None:
     """The progress measures of a run's checkpoint at `step`, through the clamps active at that step
-    (fi.clamping.active_at_checkpoint: those covering training step `step`, the final checkpoint
+    (fi.engine.clamping.active_at_checkpoint: those covering training step `step`, the final checkpoint
     taking the last step's), recorded in the column `clamps`."""
     import logging
     import time
 
+    from fi.build.training import checkpoint_dir
     from fi.io import write_parquet
-    from fi.training import checkpoint_dir
 
     if threads:
         torch.set_num_threads(threads)
@@ -398,9 +398,9 @@ def aggregate_dynamics(measures: list[str], threshold: float, table: str, format
 def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:
     import pandas as pd
 
-    from fi.figures import one_figure_at_a_time
+    from fi.report.figures import one_figure_at_a_time
 
     df = pd.read_parquet(table)
     f = pd.read_parquet(formation)
-    with one_figure_at_a_time():  # pyplot is the process's (fi.figures)
+    with one_figure_at_a_time():  # pyplot is the process's (fi.report.figures)
         plot_dynamics(df[df["model"] == model], f[f["model"] == model] if len(f) else f, output, dpi)

@@ -4,7 +4,7 @@ params: none of them changes a number in the results, so changing them reruns no
 
 from __future__ import annotations
 
-from fi.grid import ModelEntry
+from fi.plan.grid import ModelEntry
 
 MODEL_RESOURCE_DEFAULTS = {"gpus": 0, "mem_mb": 4000, "runtime": 30}
 # A model's `resources.mem_mb` / `runtime` are those of one evaluate job; other rules take multiples

@@ -1,4 +1,4 @@
-"""Hub model names checked before any job runs (the Snakefile, through fi.config.check_config).
+"""Hub model names checked before any job runs (the Snakefile, through fi.plan.config.check_config).
 
 `$FI_HUB_CHECK` says how (`hub_check_mode`). No torch here: the check runs in the main snakemake
 process, so TransformerLens (which imports torch, 5 s) is not imported either; see `_alias_table`

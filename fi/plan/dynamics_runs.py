@@ -1,4 +1,4 @@
-"""The runs of the dynamics config (fi.dynamics): which trainings and checkpoints the DAG fans over.
+"""The runs of the dynamics config (fi.methods.dynamics): which trainings and checkpoints the DAG fans over.
 Imported by the Snakefile when it plans, so no torch here."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 REF_KINDS = ("pattern_ref", "value_ref", "output_ref")
-# The clamp kinds (fi.clamping says what each does); here so that the DAG's planning checks them
+# The clamp kinds (fi.engine.clamping says what each does); here so that the DAG's planning checks them
 # without torch.
 KINDS = ("zero", "mean", "pattern_uniform", "pattern_previous_token", "pattern_answers") + REF_KINDS
 
@@ -71,7 +71,7 @@ def measures_path(model: str, run: str, seed: int, step: int) -> str:
 def runs(config: dict) -> list[Run]:
     """Every run the `dynamics` config asks for, per built-in model: `baseline` and each of
     `dynamics.runs`, at the model's own seed and each of `dynamics.seeds`."""
-    from fi.grid import ConfigError, models
+    from fi.plan.grid import ConfigError, models
 
     dyn = config["dynamics"]
     out = []
@@ -116,7 +116,7 @@ def runs(config: dict) -> list[Run]:
 def check_clamp_entry(entry: dict, train: dict, where: str) -> None:
     """A clamp entry that cannot apply to the model `train` describes: an unknown kind, a head outside
     the model, steps that are not [start, stop) with 0 <= start <= stop. Raises ConfigError naming it."""
-    from fi.grid import ConfigError
+    from fi.plan.grid import ConfigError
 
     kind = entry.get("kind", "zero")
     if kind not in KINDS:

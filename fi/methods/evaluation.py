@@ -4,11 +4,11 @@ For every example four (prompt, answer) pairs are scored, as in the paper's sect
   normal prompt   -> normal answer   (`normal_acc`)   and contrast answer (`normal_on_contrast`)
   contrast prompt -> contrast answer (`cf_acc`, the paper's)   and normal answer (`orig_acc`)
 An answer counts as produced when, at every answer position, the argmax over the answer vocabulary
-(see fi.answers) is the answer's token, with the earlier answer tokens fed in (teacher forcing). That
+(see fi.engine.answers) is the answer's token, with the earlier answer tokens fed in (teacher forcing). That
 is exactly the paper's eval.py, batched: the model runs on `prompt + answer[:-1]` only once per
 distinct input, right-padded (a causal model never attends to the pads on its right, so padding
 changes no logit), and only the answer vocabulary's logits at the answer positions are computed
-(from the final residual stream; see fi.readout).
+(from the final residual stream; see fi.engine.readout).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from fi.answers import answer_token_ids, answer_vocabulary, first_difference
-from fi.interventions import hooks_for
+from fi.engine.answers import answer_token_ids, answer_vocabulary, first_difference
+from fi.engine.interventions import hooks_for
+from fi.engine.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
 from fi.io import progress
-from fi.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
-from fi.tasks import Example
+from fi.plan.tasks import Example
 
 PROMPT_KINDS = ("normal", "contrast")
 # (prompt kind, answer kind) -> per-example column
@@ -74,7 +74,7 @@ def encode_examples(model, examples: Sequence[Example]) -> list[EncodedExample]:
 
 
 # What changes a batch's run: given the batch's inputs and its padded width, the interventions to
-# apply (fi.interventions), rows in batch order.
+# apply (fi.engine.interventions), rows in batch order.
 InterventionsFor = Callable[[list[ModelInput], int], list]
 
 
@@ -104,7 +104,7 @@ def batches(inputs: Sequence[ModelInput], batch_size: int) -> list[list[int]]:
 
 def readout_route(model, inputs: Sequence[ModelInput], vocab: torch.Tensor) -> bool:
     """Whether the answer vocabulary's logits can be read from the final residual stream (see
-    fi.readout), checked on up to 8 inputs at their last answer position."""
+    fi.engine.readout), checked on up to 8 inputs at their last answer position."""
     probe = list(inputs[:8])
     tokens, _ = model.right_pad([p.tokens for p in probe])
     positions = torch.tensor([len(p.tokens) - 1 for p in probe])

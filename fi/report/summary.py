@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from fi import provenance
 from fi.io import atomic_path, write_json
+from fi.report import provenance
 
 
 def _heads(heads) -> str:
@@ -125,24 +125,13 @@ def _circuits(heads: pd.DataFrame, evaluation: pd.DataFrame, overlap: pd.DataFra
 def _function_vectors(effects: pd.DataFrame) -> list[str]:
     out = ["## Function vectors", "",
            "The +k effect (how much a head set's vector from offset-k prompts raises digit i+k on the naive "
-           "prompts, in logits; fi.function_vectors) of all heads of each set together, at scale 1.", "",
+           "prompts, in logits; fi.methods.function_vectors) of all heads of each set together, at scale 1.", "",
            "| model | heads | prompts | offset k | +k effect |", "| --- | --- | --- | --- | --- |"]
     e = effects[(effects["heads"] == "all") & (effects["scale"] == 1) & (effects["measured_offset"] == effects["offset"])]
     keys = [c for c in ("model", "group", "prompts", "offset") if c in e.columns]
     for r in e.sort_values(keys).itertuples():
         out.append(f"| {r.model} | {getattr(r, 'group', 'function_induction')} | {getattr(r, 'prompts', 'contrast')} | "
                    f"{r.offset:+d} | {r.effect:.2f} |")
-    return out
-
-
-def seeds_of(config: dict) -> dict:
-    """Every seed of the config that a number depends on."""
-    out = {"datasets": {t: c.get("seed") for t, c in config.get("tasks", {}).items()}}
-    out["training"] = {m: c["train"]["seed"] for m, c in config.get("models", {}).items() if c.get("builtin")}
-    for key in ("ablation", "head_types"):
-        out[key] = config.get(key, {}).get("seed")
-    out["completeness"] = config.get("circuit", {}).get("completeness", {}).get("seed")
-    out["dynamics"] = config.get("dynamics", {}).get("seeds")
     return out
 
 

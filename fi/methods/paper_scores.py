@@ -1,8 +1,8 @@
 """The paper's released path-patching scores (`circuit_discovery/` beside its code: four 7-9B models'
 scores to the output and to each chosen head's value input, with the head groups it chose by hand),
-and how `fi.circuit.Selection` recovers those groups from them.
+and how `fi.methods.circuit.Selection` recovers those groups from them.
 
-`python -m fi.paper_scores [REFERENCE_DIR]` prints the recall / precision table of docs/circuit.md.
+`python -m fi.methods.paper_scores [REFERENCE_DIR]` prints the recall / precision table of docs/circuit.md.
 Nothing of the paper's is copied: the files are read where they lie.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fi.circuit import Selection
+from fi.methods.circuit import Selection
 
 MODELS = ("gemma_2_9b", "llama_2_7b", "llama_3_8b", "mistral_7b")
 
@@ -78,7 +78,7 @@ def selection_table(reference_dir: str | Path, selection: Selection | None = Non
 
 
 if __name__ == "__main__":
-    here = Path(__file__).resolve().parents[1]
+    here = Path(__file__).resolve().parents[2]
     where = sys.argv[1] if len(sys.argv) > 1 else here.parent / "shared" / "reference" / "function-induction"
     table = selection_table(where)
     print("| " + " | ".join(table.columns) + " |\n|" + " --- |" * len(table.columns))

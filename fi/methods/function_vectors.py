@@ -2,12 +2,12 @@
 an off-by-k prompt, added to prompts that show no function at all, moves the answer by k.
 
 Definitions (the table's columns are named after them):
-  * **heads**: the `function_induction` group of the model's circuit (`fi.circuit`, found on the
+  * **heads**: the `function_induction` group of the model's circuit (`fi.methods.circuit`, found on the
     discovery cell); where the circuit stage is off or that group is empty, the discovery heads
     (`results/heads/<model>.json`). `head_source` says which ("circuit" or "discovery").
   * **function vector** of head h for offset k: the mean of h's output `hook_z` (its per-head
     attention output before W_O, [d_head]) at the final position of the contrast prompts of offset k
-    (addition, `setting`/`nmax` from the config, `shots` demos; `fi.patching.build_patching_data`,
+    (addition, `setting`/`nmax` from the config, `shots` demos; `fi.engine.patching.build_patching_data`,
     read at `data.last`, which for addition is the query's `=`: the two answers differ at their first
     token). Means are over the prompts kept by `build_patching_data` (`n_prompts`).
   * **vector sets** (`group`, `prompts`): the FI heads' vectors from the contrast prompts (the
@@ -17,12 +17,12 @@ Definitions (the table's columns are named after them):
     prompts. `heads` = "all" is a whole group's set.
   * **naive prompts** (the paper's): `f"{j}={j}\n{i}="` with j = (i-1) % 10 for i = 0..9 (i = 0 gives
     "9=9\n0="): one demo of the identity, then the input i. The ten digit tokens "0".."9" are read
-    after each prompt (their ids from the tokenizer: `fi.answers.answer_token_ids`, first token).
+    after each prompt (their ids from the tokenizer: `fi.engine.answers.answer_token_ids`, first token).
   * **patched run**: the naive prompt with `scale * vector_h` added to head h's `hook_z` at the
     prompt's last position, for every h of the head set (one head, or all heads of the set together:
-    `heads` = "L<layer>H<head>", e.g. "L0H2", or "all"), through `fi.interventions.Intervention.add`.
+    `heads` = "L<layer>H<head>", e.g. "L0H2", or "all"), through `fi.engine.interventions.Intervention.add`.
   * **shift**[k, heads, scale, input i, output d] = digit d's logit in the patched run minus in the
-    unpatched run (logits of the final norm and unembedding, soft-capping included, `fi.readout`).
+    unpatched run (logits of the final norm and unembedding, soft-capping included, `fi.engine.readout`).
   * **+j effect** of one (k, heads, scale): for every input i with 0 <= i + j <= 9,
         e_i = shift[i, i + j] - mean_{d != i + j} shift[i, d]
     (how much the vector raises digit i + j above the other digits; a uniform shift of all ten
@@ -42,14 +42,14 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from fi.answers import answer_token_ids
-from fi.interventions import Intervention, by_layer, hooks_for, z_hook
-from fi.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
+from fi.engine.answers import answer_token_ids
+from fi.engine.interventions import Intervention, by_layer, hooks_for, z_hook
+from fi.engine.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
 
 Head = tuple[int, int]
 ALL = "all"
 DIGITS = tuple(str(d) for d in range(10))
-# the vector sets: head groups (fi.circuit.GROUPS) and the prompts their vectors are read on
+# the vector sets: head groups (fi.methods.circuit.GROUPS) and the prompts their vectors are read on
 FI = "function_induction"
 CONTRAST, NORMAL = "contrast", "normal"
 # the per-model table (results/function_vectors/<model>.parquet), one row per shift
@@ -128,7 +128,7 @@ def mean_head_outputs(model, tokens: torch.Tensor, last: torch.Tensor, heads: Se
 
 def function_vectors(model, data, heads: Sequence[Head], batch_size: int = 16,
                      prompts: str = CONTRAST) -> torch.Tensor:
-    """Each head's function vector from patching data (`fi.patching.PatchingData`) of one offset:
+    """Each head's function vector from patching data (`fi.engine.patching.PatchingData`) of one offset:
     the mean `hook_z` at `data.last` of the contrast prompts (`prompts` = "normal": of the normal
     prompts, the same examples without the offset, read at the same position); [len(heads), d_head]."""
     tokens = {CONTRAST: data.contrast, NORMAL: data.normal}[prompts]
@@ -151,7 +151,7 @@ def digit_logits(model, prompts: NaivePrompts, variants: Sequence[Sequence[tuple
     A variant is a list of (heads, vectors [len(heads), d_head], scale): those heads get
     `scale * vector` added at each prompt's last position (an empty list: the unpatched run). Variants
     are stacked along the batch (10 rows each, `rows_per_pass` rows a pass), each with its own rows'
-    interventions. Logits come from the final residual stream through `fi.readout.unembed_tokens`
+    interventions. Logits come from the final residual stream through `fi.engine.readout.unembed_tokens`
     when `residual_readout` (checked once with `residual_readout_holds` when None), else from the
     model's full logits."""
     n = prompts.tokens.shape[0]
@@ -185,8 +185,8 @@ def digit_logits(model, prompts: NaivePrompts, variants: Sequence[Sequence[tuple
 
 # ---- the experiment -----------------------------------------------------------------------------
 
-# the circuit's other groups (fi.circuit.GROUPS), whose vectors the paper's appendix compares; named
-# here rather than imported so that editing fi.circuit does not rerun this stage
+# the circuit's other groups (fi.methods.circuit.GROUPS), whose vectors the paper's appendix compares; named
+# here rather than imported so that editing fi.methods.circuit does not rerun this stage
 OTHER_GROUPS = ("previous_token", "consolidation")
 
 

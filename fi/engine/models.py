@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from fi.models_check import check_local_checkpoint_files
+from fi.plan.models_check import check_local_checkpoint_files
 
 log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

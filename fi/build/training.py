@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fi.dynamics_runs import checkpoint_steps
 from fi.io import atomic_dir, write_parquet
-from fi.tasks import addition_sum_range, draw_addition_pair
+from fi.plan.dynamics_runs import checkpoint_steps
+from fi.plan.tasks import addition_sum_range, draw_addition_pair
 
 PAD, BOS, UNK = "<pad>", "<bos>", "<unk>"
 # Every character of the addition, cipher and base-k prompts, plus common punctuation; free text
@@ -251,7 +251,7 @@ def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, prog
     """Train the built-in model described by `cfg` and save it to `out_dir` (atomically), with its
     checkpoints (`checkpoint_steps(cfg)`) under out_dir/checkpoints/step<k>/.
 
-    `clamps` (fi.dynamics.Clamp values) run the steps they cover through a TransformerBridge around
+    `clamps` (fi.methods.dynamics.Clamp values) run the steps they cover through a TransformerBridge around
     the same parameters with their interventions as hooks; every other step is the plain HF forward.
     `resume` continues from a checkpoint folder of a run with the same `cfg` (its weights, optimizer
     state and data RNG): the result equals the uninterrupted run's.
@@ -298,7 +298,7 @@ def train_model(cfg: dict, out_dir: str | Path, threads: int | None = None, prog
             active = [c for c in clamps if c.covers(step)]
             if active:
                 if clamped is None:
-                    from fi.clamping import ClampedForward
+                    from fi.engine.clamping import ClampedForward
 
                     clamped = ClampedForward(model, tokenizer)
                 logits = clamped(tokens, active)[:, :-1]

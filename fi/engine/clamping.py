@@ -1,12 +1,12 @@
 """Clamping heads during training (issue 13's "artificial optogenetics", Singh et al. 2024): which heads
 are changed, how, over which steps, through the project's one intervention value
-(fi.interventions). Used by fi.training, and by fi.dynamics to measure a clamped run's checkpoints
+(fi.engine.interventions). Used by fi.build.training, and by fi.methods.dynamics to measure a clamped run's checkpoints
 through the same clamped forward.
 
 A `Clamp` says which heads are changed, how, and over which training steps [start, stop). Steps it
 covers run through a TransformerBridge built around the very parameters being trained (a shadow copy
 of the HF module tree whose parameters are the trained model's own), with the clamp's
-`fi.interventions.Intervention`s as hooks, so gradients flow through everything the clamp leaves in
+`fi.engine.interventions.Intervention`s as hooks, so gradients flow through everything the clamp leaves in
 place; steps no clamp covers stay the plain HF forward (sdpa attention), bit for bit.
 
 Kinds (each on the listed heads only):
@@ -46,8 +46,8 @@ from pathlib import Path
 
 import torch
 
-from fi.dynamics_runs import KINDS, REF_KINDS
-from fi.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
+from fi.engine.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
+from fi.plan.dynamics_runs import KINDS, REF_KINDS
 
 # Kinds whose hooks need the batch's tokens (the others need only its width).
 TOKEN_KINDS = ("pattern_answers",) + REF_KINDS
@@ -116,7 +116,7 @@ def answer_positions(tokens: torch.Tensor, tokenizer) -> tuple[torch.Tensor, tor
     sequences, read from the tokens (so they hold for training batches, evaluation prompts and any
     other text alike, with the character tokenizer): a separator is a '=' (addition) or the '>' of
     ' ->' (letter shift, cipher); an answer is the tokens after a separator up to the item's end (the
-    next newline, excluded, or a pad): the same tokens as fi.patching's `demo_answers` group and, in a
+    next newline, excluded, or a pad): the same tokens as fi.engine.patching's `demo_answers` group and, in a
     training batch, the target tokens but the newline (tests)."""
     ids = tokenizer.convert_tokens_to_ids(["=", "-", ">", "\n"])
     if tokenizer.unk_token_id in ids or None in ids:
@@ -164,7 +164,7 @@ class ClampHooks:
 
     def reference(self, path: str):
         if path not in self._references:
-            from fi.models import load_model
+            from fi.engine.models import load_model
 
             self._references[path] = load_model(Path(path).name, path=path, device="cpu")
         return self._references[path]
@@ -235,14 +235,14 @@ class ClampedForward(ClampHooks):
 
 @contextmanager
 def clamped(model, clamps: Sequence[Clamp]):
-    """Inside the block, every forward pass of `model.bridge` (a loaded checkpoint, fi.models) runs with
+    """Inside the block, every forward pass of `model.bridge` (a loaded checkpoint, fi.engine.models) runs with
     `clamps` as the training forward runs them (ClampHooks, built for that pass's own tokens), however
     it is called (the bridge itself, run_with_hooks, run_with_cache), so every measure of the
     checkpoint sees the clamped network. The clamps' hooks go first at their hook points, so a
     caller's hooks (a cache, a patch) see and override the clamped values, as they would an
     unclamped run's.
 
-    Only a forward pass is clamped: fi.patching's analytic path patching, which calls a block's
+    Only a forward pass is clamped: fi.engine.patching's analytic path patching, which calls a block's
     parts directly on cached (clamped) head outputs, is not hooked twice. A pass that starts from a
     residual stream (start_at_layer: path patching's run 1, where every head from that layer up is
     frozen to a cached value anyway) has no tokens, so the kinds that need them (TOKEN_KINDS) are

@@ -2,7 +2,7 @@
 package versions that can change a number, the machine (CPU, GPU) and the thread count.
 
 `write_parquet` (fi.io) stores `record()` in every parquet file's metadata under the key
-`fi.provenance`, so each table says what produced it (`read(path)` gives it back); aggregates also
+`fi.report.provenance`, so each table says what produced it (`read(path)` gives it back); aggregates also
 keep the distinct records of their inputs (`fi.sources`). `results/provenance.json` (rule
 `provenance`) gathers every table's records and the configured seeds. No timestamp: a rerun of the
 same code on the same machine writes the same bytes.
@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = ("torch", "transformers", "transformer-lens", "snakemake", "numpy", "pandas", "pyarrow", "safetensors")
-KEY = b"fi.provenance"
+KEY = b"fi.report.provenance"
 SOURCES_KEY = b"fi.sources"
 
 
@@ -34,7 +34,7 @@ def _version(name: str) -> str | None:
 def code_version() -> dict:
     """The git commit of the checkout holding the `fi` package and whether it has uncommitted
     changes to tracked files; without git (an installed package), the package version."""
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     out = {"fi_version": _version("fi")}
     try:
         commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,

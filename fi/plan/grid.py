@@ -12,7 +12,7 @@ import dataclasses
 import re
 from dataclasses import dataclass
 
-from fi.tasks import FAMILIES, get_family
+from fi.plan.tasks import FAMILIES, get_family
 
 # Every output of the workflow, as the pattern its rule writes. Wildcards: {model} is a model id
 # (`model_id`), {task} a task family, {variant} one of its variants, {shots} the shot count and
@@ -91,7 +91,7 @@ class ModelEntry:
 
     @property
     def gguf(self) -> bool:
-        """Converted from a GGUF file by the workflow (fi/gguf.py) into results/models/<id>/."""
+        """Converted from a GGUF file by the workflow (fi/build/gguf.py) into results/models/<id>/."""
         return bool(self.cfg.get("gguf"))
 
     @property

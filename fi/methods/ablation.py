@@ -1,5 +1,5 @@
 """Head ablation during evaluation: the paper's section 4 experiment, as interventions
-(fi.interventions) on the heads' hook_z.
+(fi.engine.interventions) on the heads' hook_z.
 
 Modes (what replaces the heads' hook_z):
   patch   the head's output from the normal prompt (the paper's: "patch from base"), all positions.
@@ -19,9 +19,9 @@ from collections.abc import Sequence
 
 import torch
 
-from fi.answers import answer_vocabulary
-from fi.evaluation import PROMPT_KINDS, ModelInput, encode_examples, model_inputs, readout_route, run_inputs, score_inputs
-from fi.interventions import Intervention, by_layer, z_hook
+from fi.engine.answers import answer_vocabulary
+from fi.engine.interventions import Intervention, by_layer, z_hook
+from fi.methods.evaluation import PROMPT_KINDS, ModelInput, encode_examples, model_inputs, readout_route, run_inputs, score_inputs
 
 MODES = ("patch", "mean", "zero")
 Head = tuple[int, int]
@@ -89,7 +89,7 @@ def patch_from_captured(captured: dict, normal_of: dict, heads: Sequence[Head], 
 
 def ablated_scores(model, family, variant, records, shots: int, heads: Sequence[Head], mode: str = "patch",
                    batch_size: int = 64):
-    """Per-example scores (as fi.evaluation) with `heads` ablated; an empty set is no ablation."""
+    """Per-example scores (as fi.methods.evaluation) with `heads` ablated; an empty set is no ablation."""
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode {mode!r}; expected one of {MODES}")
     examples = family.examples(records, variant, shots)

@@ -41,13 +41,20 @@ from dataclasses import dataclass
 
 import torch
 
-from fi.interventions import Intervention, pattern_hook, z_hook
+from fi.engine.interventions import Intervention, pattern_hook, z_hook
+from fi.engine.patching import (
+    Receiver,
+    RunCache,
+    default_rows_per_pass,
+    path_patching,
+    path_patching_to_heads,
+    run_with_interventions,
+)
+from fi.engine.readout import run_to_final_resid
 from fi.io import progress
-from fi.patching import Receiver, RunCache, default_rows_per_pass, path_patching, path_patching_to_heads, run_with_interventions
-from fi.readout import run_to_final_resid
 
 GROUPS = ("previous_token", "function_induction", "consolidation")
-# where each group acts (fi.patching position groups, plus the read position)
+# where each group acts (fi.engine.patching position groups, plus the read position)
 GROUP_POSITIONS = {"previous_token": "demo_answers", "function_induction": "separators+read",
                    "consolidation": "separators+read", "everywhere": "all"}
 Head = tuple[int, int]
@@ -168,7 +175,7 @@ def iterated_path_patching(model, cache: RunCache, selection: Selection | None =
         found: list[tuple[Head, float]] = []
         done.update(frontier)
         # nothing below layer 0 feeds a layer-0 head; with grouped-query attention a head's key
-        # input is its key-value group's, shared by the group's heads (fi.patching.
+        # input is its key-value group's, shared by the group's heads (fi.engine.patching.
         # path_patching_to_heads): computed once, for the first; q and v inputs are each head's own
         receivers = [Receiver(head[0], head[1], which) for head in frontier if head[0] > 0 for which in inputs]
 

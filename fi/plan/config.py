@@ -9,13 +9,13 @@ from pathlib import Path
 
 import yaml
 
-from fi.grid import ConfigError, builtin_model_dir, model_id, task_names, variants
-from fi.hub import check_hub_models
-from fi.models_check import check_local_checkpoint_files
-from fi.tasks import FAMILIES, get_family
+from fi.plan.grid import ConfigError, builtin_model_dir, model_id, task_names, variants
+from fi.plan.hub import check_hub_models
+from fi.plan.models_check import check_local_checkpoint_files
+from fi.plan.tasks import FAMILIES, get_family
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-# The paper's CSV columns (= fi.tables.PAPER_COLUMNS, a test checks; repeated here to keep this
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+# The paper's CSV columns (= fi.report.tables.PAPER_COLUMNS, a test checks; repeated here to keep this
 # module free of pandas).
 REFERENCE_COLUMNS = ["model_name", "setting", "nmax", "offset", "n_icl_example", "cf_acc", "orig_acc"]
 
@@ -64,7 +64,7 @@ def check_config(config: dict) -> None:
                 errors.append(f"models.{name}: a gguf model is converted by the workflow into "
                               f"{builtin_model_dir(mid)}/; drop `builtin` / `path`")
             else:
-                from fi.gguf import source_errors
+                from fi.plan.gguf_source import source_errors
 
                 errors += source_errors(name, cfg, mid)
         elif cfg.get("builtin") and cfg.get("path"):
@@ -136,3 +136,14 @@ def _check_reference(path: str | None) -> list[str]:
         return [f"plots.reference: {str(path)!r} is not in the paper's format: missing columns "
                 f"{', '.join(missing)} (has {', '.join(header) or 'no header'})"]
     return []
+
+
+def seeds_of(config: dict) -> dict:
+    """Every seed of the config that a number depends on."""
+    out = {"datasets": {t: c.get("seed") for t, c in config.get("tasks", {}).items()}}
+    out["training"] = {m: c["train"]["seed"] for m, c in config.get("models", {}).items() if c.get("builtin")}
+    for key in ("ablation", "head_types"):
+        out[key] = config.get(key, {}).get("seed")
+    out["completeness"] = config.get("circuit", {}).get("completeness", {}).get("seed")
+    out["dynamics"] = config.get("dynamics", {}).get("seeds")
+    return out

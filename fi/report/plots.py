@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from fi.figures import one_figure_at_a_time  # (also selects matplotlib's file-only backend)
 from fi.io import atomic_path
+from fi.report.figures import one_figure_at_a_time  # (also selects matplotlib's file-only backend)
 
 log = logging.getLogger(__name__)
 METRICS = {"cf_acc": "contrast answer (cf_acc)", "orig_acc": "plain answer (orig_acc)"}
@@ -47,7 +47,7 @@ def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: in
     line style = which answer is counted; bands are the Wilson 95% intervals where known.
 
     `df` is this project's accuracy table or a table in the paper's CSV format after
-    `fi.tables.from_paper_format`. `reference` (same format) is overlaid as thin grey-edged lines
+    `fi.report.tables.from_paper_format`. `reference` (same format) is overlaid as thin grey-edged lines
     on the panels whose model and setting match."""
     if df.empty:
         raise ValueError(f"no rows to plot for task {task!r}")
@@ -162,7 +162,7 @@ def plot_task_generalization(df: pd.DataFrame, output: str, dpi: int = 120) -> N
     Wilson 95% intervals. One row of panels per model and ablation mode."""
     import numpy as np
 
-    from fi.tables import wilson_interval
+    from fi.report.tables import wilson_interval
 
     if df.empty:
         raise ValueError("no ablation rows to plot")
@@ -210,7 +210,7 @@ def plot_task_generalization(df: pd.DataFrame, output: str, dpi: int = 120) -> N
     plt.close(fig)
 
 
-# ---- circuits (fi.circuit) -------------------------------------------------------------------------
+# ---- circuits (fi.methods.circuit) -------------------------------------------------------------------------
 
 GROUP_COLOURS = {"previous_token": "tab:green", "function_induction": "tab:red", "consolidation": "tab:blue",
                  "other": "tab:gray"}
@@ -351,7 +351,7 @@ def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> No
 
 @one_figure_at_a_time()
 def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: str, dpi: int = 120) -> None:
-    """One model's function vectors (fi.function_vectors): per offset k (rows), 10 x 10 input x output
+    """One model's function vectors (fi.methods.function_vectors): per offset k (rows), 10 x 10 input x output
     heatmaps of the digit-logit shift for each FI head and all FI heads together at scale 1 (or the
     scale nearest 1), then the scale sweep of the +k effect (FI heads, contrast prompts only); a last
     row with each FI head's share of the all-heads +k effect, the all-heads effect against the measured

@@ -1,6 +1,6 @@
 """Parity: do the numbers we compute come from the model we think we loaded?
 
-Every stage runs a checkpoint through TransformerLens' TransformerBridge (fi.models.load_model).
+Every stage runs a checkpoint through TransformerLens' TransformerBridge (fi.engine.models.load_model).
 `parity` runs the same prompts through plain `transformers` (AutoModelForCausalLM with eager
 attention, the bridge's own attention implementation) and compares the logits at every position:
 the largest absolute difference and the share of positions whose argmax agrees. Expected: 0 or
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import pandas as pd
 import torch
 
-from fi.models import DTYPES, check_local_checkpoint, load_model, resolve_device
+from fi.engine.models import DTYPES, check_local_checkpoint, load_model, resolve_device
 
 # Task-shaped prompts (addition, cipher, base-k addition) and plain text.
 DEFAULT_PROMPTS = (
@@ -113,7 +113,7 @@ def parity_table(models: Sequence[dict], output: str | None = None, dtypes: Sequ
 
 def config_models(config: dict, names: Sequence[str] | None = None) -> list[dict]:
     """Model entries of a validated config as parity inputs; a built-in model must be trained."""
-    from fi.grid import ConfigError, models
+    from fi.plan.grid import ConfigError, models
 
     out = []
     known = [m.name for m in models(config)]
@@ -124,7 +124,7 @@ def config_models(config: dict, names: Sequence[str] | None = None) -> list[dict
         if names and m.name not in names:
             continue
         if m.builtin:
-            from fi.models_check import check_local_checkpoint_files
+            from fi.plan.models_check import check_local_checkpoint_files
 
             if check_local_checkpoint_files(m.path, m.name):
                 raise ConfigError(f"parity: the built-in model {m.name!r} is not trained yet; run "
