@@ -6,7 +6,12 @@ each of the two answers appended (caching the FI heads' z), then the contrast pr
 answer appended and the FI heads' z patched from the matching normal run. `fi.methods.ablation` scores the
 same four (prompt, answer) pairs in length-sorted batches and takes the normal runs' z on the way.
 
-    python -m bench.bench_ablation [--model results/models/fi-toy] [--heads 0.3]
+With `--sets N`, an ablate job's head sets instead (no ablation, the FI heads, N random sets of the
+same size): one `ablated_scores` call a set (the cell encoded, its route probed and its unablated
+normal prompts run once a set) against one `ablated_scores_many` call (all of that once), tables
+compared.
+
+    python -m bench.bench_ablation [--model results/models/fi-toy] [--heads 0.3] [--sets 5]
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from fi.engine.answers import answer_token_ids, answer_vocabulary  # noqa: E402
 from fi.engine.models import load_model  # noqa: E402
 from fi.engine.patching import z_hook  # noqa: E402
-from fi.methods.ablation import ablated_scores, by_layer  # noqa: E402
+from fi.methods.ablation import ablated_scores, ablated_scores_many, by_layer, random_head_sets  # noqa: E402
 from fi.plan.tasks import get_family  # noqa: E402
 
 
@@ -52,6 +57,27 @@ def paper_loop(model, examples, vocab, heads):
     return cf, orig
 
 
+def head_sets_side_by_side(model, family, v, records, shots: int, heads, n_sets: int, repeats: int,
+                           batch_size: int) -> None:
+    sets = [[], heads] + random_head_sets(model.n_layers, model.n_heads, heads, n_sets, seed=0, exclude=heads)
+    t_each, t_many = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        each = [ablated_scores(model, family, v, records, shots, h, "patch", batch_size) for h in sets]
+        t1 = time.perf_counter()
+        many = ablated_scores_many(model, family, v, records, shots, sets, "patch", batch_size)
+        t2 = time.perf_counter()
+        t_each.append(t1 - t0)
+        t_many.append(t2 - t1)
+    same = all(a.equals(b) for a, b in zip(each, many))
+    print(f"{len(sets)} head sets (none, FI {heads}, {n_sets} random), {v.name}, {shots} shots, {len(records)} "
+          f"examples, batch {batch_size}, best of {repeats}")
+    print(f"a call per set {min(t_each):.3f}s | one call for all {min(t_many):.3f}s | ratio "
+          f"{min(t_each) / min(t_many):.2f}x | equal tables: {same}")
+    if not same:
+        raise SystemExit("ablated_scores_many disagrees with one call per set")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=str(ROOT / "results/models/fi-toy"))
@@ -59,8 +85,11 @@ def main():
     ap.add_argument("--variant", default="setting1_nmax9_offset1")
     ap.add_argument("--shots", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sets", type=int, default=0, help="time an ablate job's head sets: none, FI and this many random")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: every CPU)")
     args = ap.parse_args()
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
     if args.heads:
         heads = [tuple(int(x) for x in h.split(".")) for h in args.heads]
     else:
@@ -69,6 +98,9 @@ def main():
     family = get_family("addition")
     v = family.parse_variant(args.variant)
     records = family.generate(v, {"n_examples": 100, "n_demos": 32, "seed": 42})
+    if args.sets:
+        head_sets_side_by_side(model, family, v, records, args.shots, heads, args.sets, args.repeats, args.batch_size)
+        return
     examples = family.examples(records, v, args.shots)
     vocab = answer_vocabulary(model, examples[0].contrast_prompt, family.answer_space(v))
     t_ours, t_loop = [], []

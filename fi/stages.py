@@ -220,7 +220,7 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
     """The paper's four accuracies with no ablation, the FI heads ablated and random head sets of
     the same size ablated, for every configured mode."""
 
-    from fi.methods.ablation import ablated_scores, random_head_sets
+    from fi.methods.ablation import ablated_scores_many, random_head_sets
     from fi.report.tables import summarise_cell
 
     with model_in_use(model, device, threads) as loaded:
@@ -238,13 +238,14 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
         rows = []
         baseline = None
         for mode in ablation["modes"]:
+            # the unablated scores are the same in every mode: scored with the first
+            todo = [heads for kind, _, heads in sets if kind != "none" or baseline is None]
+            scored = iter(ablated_scores_many(loaded, family, v, records, int(shots), todo, mode, batch_size))
             for kind, index, heads in sets:
-                if kind == "none" and baseline is not None:
-                    per_example = baseline
+                if kind == "none":
+                    baseline = per_example = baseline if baseline is not None else next(scored)
                 else:
-                    per_example = ablated_scores(loaded, family, v, records, int(shots), heads, mode, batch_size)
-                    if kind == "none":
-                        baseline = per_example
+                    per_example = next(scored)
                 row = summarise_cell(per_example, {**keys, "mode": mode, "head_set": kind, "set_index": index,
                                                    "heads": json.dumps([list(h) for h in heads])})
                 rows.append(row)
@@ -490,41 +491,42 @@ def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], 
     `ablation.n_random` random sets of the same size: the drop of cf_acc each causes."""
 
     from fi.methods import circuit as fc
-    from fi.methods.ablation import ablated_scores, random_head_sets
+    from fi.methods.ablation import ablated_scores_many, random_head_sets
 
     circuits = [json.loads(Path(p).read_text()) for p in circuit_files]
     with model_in_use(model, device, threads) as loaded:
         records = {c["cell"]["task"]: read_jsonl(d) for c, d in zip(circuits, datasets)}
         by_task = {c["cell"]["task"]: c for c in circuits}
-        base = {}
-        for task, c in by_task.items():
-            family = get_family(task)
-            v = family.parse_variant(c["cell"]["variant"])
-            base[task] = (family, v, float(ablated_scores(loaded, family, v, records[task], c["cell"]["shots"], [],
-                                                          batch_size=batch_size)["cf_correct"].mean()))
-        rows = []
+        fi_heads, randoms = {}, {}
         for a, ca in by_task.items():
-            fi_heads = [tuple(h) for h in ca["groups"].get("function_induction", [])]
+            fi_heads[a] = [tuple(h) for h in ca["groups"].get("function_induction", [])]
             try:
-                randoms = (random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
-                                            ablation["seed"], exclude=fi_heads) if fi_heads else [])
+                randoms[a] = (random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads[a], ablation["n_random"],
+                                               ablation["seed"], exclude=fi_heads[a]) if fi_heads[a] else [])
             except ValueError:  # too few heads outside the set (a tiny model): no random baseline
-                randoms = []
-            for b, cb in by_task.items():
-                family, v, cf_base = base[b]
-                shots = cb["cell"]["shots"]
-
-                def drop(heads, family=family, v=v, shots=shots, b=b, cf_base=cf_base):
-                    df = ablated_scores(loaded, family, v, records[b], shots, heads, "patch", batch_size)
-                    return cf_base - float(df["cf_correct"].mean())
+                randoms[a] = []
+        rows = []
+        for b, cb in by_task.items():
+            # every head set ablated on B's cell, with the unablated runs shared: no ablation, then
+            # each family A's FI heads and its random sets
+            family = get_family(b)
+            v = family.parse_variant(cb["cell"]["variant"])
+            sets = [[]] + [h for a in by_task for h in ([fi_heads[a]] if fi_heads[a] else []) + randoms[a]]
+            cf = iter([float(df["cf_correct"].mean()) for df in
+                       ablated_scores_many(loaded, family, v, records[b], cb["cell"]["shots"], sets, "patch", batch_size)])
+            cf_base = next(cf)
+            for a, ca in by_task.items():
+                fi_drop = cf_base - next(cf) if fi_heads[a] else float("nan")
+                random_drops = [cf_base - next(cf) for _ in randoms[a]]
                 share = fc.overlap(ca["groups"], cb["groups"])
                 rows.append({"model": model["name"], "family_a": a, "family_b": b, "cell_b": cb["cell"]["variant"],
-                             **{f"overlap_{g}": s for g, s in share.items()}, "fi_heads_a": json.dumps(fi_heads),
-                             "cf_acc_b": cf_base,
-                             "fi_ablation_cf_drop": drop(fi_heads) if fi_heads else float("nan"),
-                             "random_ablation_cf_drop": (sum(drop(s) for s in randoms) / len(randoms)) if randoms
+                             **{f"overlap_{g}": x for g, x in share.items()}, "fi_heads_a": json.dumps(fi_heads[a]),
+                             "cf_acc_b": cf_base, "fi_ablation_cf_drop": fi_drop,
+                             "random_ablation_cf_drop": sum(random_drops) / len(random_drops) if random_drops
                              else float("nan")})
-        out = pd.DataFrame(rows)
+        # rows in the order of (A, B) pairs, as before
+        order = {(a, b): k for k, (a, b) in enumerate((a, b) for a in by_task for b in by_task)}
+        out = pd.DataFrame(sorted(rows, key=lambda r: order[r["family_a"], r["family_b"]]))
         write_parquet(out, output)
         return out
 

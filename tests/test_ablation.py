@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fi.engine.patching import Patcher, build_patching_data
-from fi.methods.ablation import ablated_scores, random_head_sets
+from fi.methods.ablation import ablated_scores, ablated_scores_many, random_head_sets
 from fi.methods.evaluation import evaluate_task
 from fi.plan.tasks import get_family
 
@@ -29,6 +29,18 @@ def test_empty_head_set_equals_unablated_evaluation_exactly(tiny_llama, mode):
     base = evaluate_task(tiny_llama, ADDITION, v, records[:10], 4)
     empty = ablated_scores(tiny_llama, ADDITION, v, records[:10], 4, [], mode)
     pd.testing.assert_frame_equal(base, empty)
+
+
+@pytest.mark.parametrize("mode", ["patch", "mean"])
+def test_many_head_sets_at_once_equal_one_call_each(tiny_llama, mode):
+    """An ablate job's head sets scored in one call (the unablated runs shared, every set's heads
+    captured in one normal run) give exactly the tables of one call per set."""
+    v, records = cell()
+    sets = [[], [(1, 0)], [(0, 1), (1, 0)], [(0, 3)], []]
+    many = ablated_scores_many(tiny_llama, ADDITION, v, records[:12], 4, sets, mode, batch_size=5)
+    for heads, df in zip(sets, many, strict=True):
+        pd.testing.assert_frame_equal(df, ablated_scores(tiny_llama, ADDITION, v, records[:12], 4, heads, mode, 5))
+    assert not many[1].equals(many[0])  # a set that changes something (the comparison can fail)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import math
 import random
 from collections.abc import Sequence
 
+import pandas as pd
 import torch
 
 from fi.engine.answers import answer_vocabulary
@@ -61,18 +62,21 @@ def constant_interventions(values: dict[int, torch.Tensor], heads: Sequence[Head
                                  for layer, hs in layers.items()]
 
 
-def patch_from_captured(captured: dict, normal_of: dict, heads: Sequence[Head], misaligned: set):
+def patch_from_captured(captured: dict, captured_heads: dict[int, list[int]], normal_of: dict, heads: Sequence[Head],
+                        misaligned: set):
     """Each contrast row's heads take the z its normal prompt had with the same answer prefix
-    (captured while scoring the normal prompts). Rows whose normal source is not as long (BPE
-    tokenizers can split the shifted numbers differently) cannot line up: left unpatched and recorded
-    in `misaligned`, to be dropped."""
+    (captured while scoring the normal prompts: per layer, the heads `captured_heads[layer]`, of
+    which `heads` are some). Rows whose normal source is not as long (BPE tokenizers can split the
+    shifted numbers differently) cannot line up: left unpatched and recorded in `misaligned`, to be
+    dropped."""
     layers = by_layer(heads)
+    columns = {layer: [captured_heads[layer].index(h) for h in hs] for layer, hs in layers.items()}
 
     def interventions(batch: list[ModelInput], width: int) -> list:
         out = []
         for layer, hs in layers.items():
-            name = z_hook(layer)
-            first = captured[(normal_of[(batch[0].example, batch[0].suffix)], name)]
+            name, cols = z_hook(layer), columns[layer]
+            first = captured[(normal_of[(batch[0].example, batch[0].suffix)], name)][:, cols]
             value = torch.zeros((len(batch), width) + tuple(first.shape[1:]), dtype=first.dtype, device=first.device)
             positions = torch.zeros((len(batch), width), dtype=torch.bool)
             for row, inp in enumerate(batch):
@@ -80,7 +84,7 @@ def patch_from_captured(captured: dict, normal_of: dict, heads: Sequence[Head], 
                 if src.shape[0] != len(inp.tokens):
                     misaligned.add(inp.example)
                     continue
-                value[row, : src.shape[0]] = src
+                value[row, : src.shape[0]] = src[:, cols]
                 positions[row, : src.shape[0]] = True
             out.append(Intervention(name, value, tuple(hs), positions))
         return out
@@ -90,6 +94,16 @@ def patch_from_captured(captured: dict, normal_of: dict, heads: Sequence[Head], 
 def ablated_scores(model, family, variant, records, shots: int, heads: Sequence[Head], mode: str = "patch",
                    batch_size: int = 64):
     """Per-example scores (as fi.methods.evaluation) with `heads` ablated; an empty set is no ablation."""
+    return ablated_scores_many(model, family, variant, records, shots, [heads], mode, batch_size)[0]
+
+
+def ablated_scores_many(model, family, variant, records, shots: int, head_sets: Sequence[Sequence[Head]],
+                        mode: str = "patch", batch_size: int = 64) -> list[pd.DataFrame]:
+    """Per-example scores with each head set of `head_sets` ablated in turn (an empty set: no
+    ablation), on one encoding of the cell and one probe of its readout route. What every set
+    shares is run once: the unablated normal prompts (which patch mode patches from: their run
+    captures every set's heads) and the unablated contrast prompts. The same batches as one set at
+    a time, so the same numbers."""
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode {mode!r}; expected one of {MODES}")
     examples = family.examples(records, variant, shots)
@@ -97,33 +111,45 @@ def ablated_scores(model, family, variant, records, shots: int, heads: Sequence[
     encoded = encode_examples(model, examples)
     inputs = model_inputs(encoded, PROMPT_KINDS)
     residual = readout_route(model, inputs, vocab)
-    misaligned: set[int] = set()
-    if not heads:
-        restricted, _ = run_inputs(model, inputs, vocab, batch_size, residual_readout=residual)
-    elif mode == "patch":
-        normal = [x for x in inputs if x.prompt_kind == "normal"]
-        contrast = [x for x in inputs if x.prompt_kind == "contrast"]
-        capture = {z_hook(layer): hs for layer, hs in by_layer(heads).items()}
-        done_normal, captured = run_inputs(model, normal, vocab, batch_size, capture=capture, residual_readout=residual)
-        normal_of = {(x.example, x.suffix): k for k, x in enumerate(normal)}
-        done_contrast, _ = run_inputs(model, contrast, vocab, batch_size,
-                                      patch_from_captured(captured, normal_of, heads, misaligned),
-                                      residual_readout=residual)
-        inputs, restricted = normal + contrast, done_normal + done_contrast
-    else:
-        values = (mean_z(model, encoded, heads, batch_size) if mode == "mean" else
-                  {layer: torch.zeros(len(hs), model.bridge.cfg.d_head) for layer, hs in by_layer(heads).items()})
-        restricted, _ = run_inputs(model, inputs, vocab, batch_size, constant_interventions(values, heads),
-                                   residual_readout=residual)
-    df = score_inputs(model, encoded, inputs, restricted, vocab)
-    df.insert(1, "normal_answer", [e.normal_answer for e in examples])
-    df.insert(2, "contrast_answer", [e.contrast_answer for e in examples])
-    if misaligned:
-        df = df[~df["example"].isin(misaligned)].reset_index(drop=True)
-        if df.empty:
-            raise ValueError(f"{model.name}: no example of {variant.name} has normal and contrast prompts of "
-                             "the same token length; patch-from-base needs them aligned (use mode mean or zero)")
-    return df
+    normal = [x for x in inputs if x.prompt_kind == "normal"]
+    contrast = [x for x in inputs if x.prompt_kind == "contrast"]
+    patched = sorted({tuple(h) for heads in head_sets for h in heads}) if mode == "patch" else []
+    captured_heads = by_layer(patched)
+    unablated: dict[str, list] = {}
+    captured: dict = {}
+    if patched or any(not heads for heads in head_sets):
+        capture = {z_hook(layer): hs for layer, hs in captured_heads.items()}
+        unablated["normal"], captured = run_inputs(model, normal, vocab, batch_size, capture=capture,
+                                                   residual_readout=residual)
+    normal_of = {(x.example, x.suffix): k for k, x in enumerate(normal)}
+    out = []
+    for heads in head_sets:
+        misaligned: set[int] = set()
+        if not heads:
+            if "contrast" not in unablated:
+                unablated["contrast"], _ = run_inputs(model, contrast, vocab, batch_size, residual_readout=residual)
+            ordered, restricted = normal + contrast, unablated["normal"] + unablated["contrast"]
+        elif mode == "patch":
+            done_contrast, _ = run_inputs(model, contrast, vocab, batch_size,
+                                          patch_from_captured(captured, captured_heads, normal_of, heads, misaligned),
+                                          residual_readout=residual)
+            ordered, restricted = normal + contrast, unablated["normal"] + done_contrast
+        else:
+            values = (mean_z(model, encoded, heads, batch_size) if mode == "mean" else
+                      {layer: torch.zeros(len(hs), model.bridge.cfg.d_head) for layer, hs in by_layer(heads).items()})
+            ordered = inputs
+            restricted, _ = run_inputs(model, inputs, vocab, batch_size, constant_interventions(values, heads),
+                                       residual_readout=residual)
+        df = score_inputs(model, encoded, ordered, restricted, vocab)
+        df.insert(1, "normal_answer", [e.normal_answer for e in examples])
+        df.insert(2, "contrast_answer", [e.contrast_answer for e in examples])
+        if misaligned:
+            df = df[~df["example"].isin(misaligned)].reset_index(drop=True)
+            if df.empty:
+                raise ValueError(f"{model.name}: no example of {variant.name} has normal and contrast prompts of "
+                                 "the same token length; patch-from-base needs them aligned (use mode mean or zero)")
+        out.append(df)
+    return out
 
 
 def random_head_sets(n_layers: int, n_heads: int, like: Sequence[Head], n_sets: int, seed: int,

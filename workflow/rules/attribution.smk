@@ -9,7 +9,10 @@ rule attribute:
         PATHS["attribution"],
     log:
         "logs/attribute/{model}/{task}/{variant}/shots{shots}.log",
-    threads: 2
+    # one thread, as every other model job: a 2-thread job waits for both cores to be free, which
+    # with dozens of 1-thread evaluate jobs ready happens only after the last of them, and the
+    # chain behind it (discover_heads, ablate) then ends the run
+    threads: 1
     resources:
         **model_resources("attribute"),
     params:
