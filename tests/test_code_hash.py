@@ -125,7 +125,8 @@ def test_a_new_module_is_picked_up_where_it_is_imported(package_copy):
     (package_copy / "engine" / "probe.py").write_text("def run():\n    return 1\n")
     assert not any("fi/engine/probe.py" in covered(r) for r in RULES)  # nothing imports it yet
     ablation = package_copy / "methods" / "ablation.py"
-    ablation.write_text(ablation.read_text() + "\n\ndef _uses_probe():\n    from fi.engine.probe import run\n\n    return run()\n")
+    uses_probe = "\n\ndef _uses_probe():\n    from fi.engine.probe import run\n\n    return run()\n"
+    ablation.write_text(ablation.read_text() + uses_probe)
     assert {r for r in RULES if "fi/engine/probe.py" in covered(r)} == {"discover_heads", "ablate", "circuit_overlap"}
     assert changed_by(append(package_copy / "engine" / "probe.py", "EDITED = 1\n")) == {
         "discover_heads", "ablate", "circuit_overlap"}
