@@ -19,17 +19,26 @@ Methods and peers:
         TransformerLens (backward hooks); nnsight (`.grad` in a trace); captum
         (`LayerGradientXActivation` on the 12 `c_proj` inputs, multiply_by_inputs=False)
 Every score is compared with fi's on the logit-difference scale (the largest |difference|).
-Not run here: AutoCircuit and the EAP / EAP-IG package need TransformerLens 2.x / 3.x (their own
-environments).
+AutoCircuit and the EAP-IG package need TransformerLens 2.x: with `--peer-env PYTHON` (the Python of
+an environment that has them, see docs/benchmarks.md) bench/peers_side.py runs them there on the same
+checkpoint, token ids and metric:
+  head -> logits edges, exact   AutoCircuit (`patch_mode` on one edge a run): the direct path only,
+        a different quantity from fi's path patching to the logits, where later MLPs see the sender
+        (the difference is printed)
+  edge attribution patching     AutoCircuit (`mask_gradient_prune_scores`) and EAP-IG
+        (`attribute(method="EAP")`), each head's outgoing edges summed: by the chain rule on the
+        residual stream, the head's attribution patching score
 
     pip install -e '.[peers]'
-    OMP_WAIT_POLICY=PASSIVE python -m bench.bench_peers [--examples 8] [--threads 2] [--small]
+    OMP_WAIT_POLICY=PASSIVE python -m bench.bench_peers [--examples 8] [--threads 2] [--small] [--peer-env PY]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -58,6 +67,7 @@ class Setup:
         shape = (dict(n_layers=4, n_heads=4, d_model=128, d_mlp=512) if small
                  else dict(n_layers=12, n_heads=12, d_model=768, d_mlp=3072))
         path = save_random_checkpoint(Path(tempfile.mkdtemp()) / "gpt2", architecture="gpt2", **shape)
+        self.path = path
         self.model = load_model("gpt2-random", path=str(path), device="cpu")
         self.hf = AutoModelForCausalLM.from_pretrained(path).eval()
         family = get_family("addition")
@@ -204,11 +214,31 @@ def captum_attribution(s: Setup, net_outputs) -> torch.Tensor:
                         for lyr, g in enumerate(grads)]).detach()
 
 
+# ---- AutoCircuit and EAP-IG (TransformerLens 2.x, their own environment) ----------------------------
+
+def peer_side(s: Setup, python: str, threads: int) -> dict:
+    """bench/peers_side.py run by `python` on this bench's checkpoint and prompt pairs."""
+    d = s.data
+    width = int(d.last.max()) + 1
+    if not bool((d.last == width - 1).all()):
+        raise SystemExit("peers_side needs prompt pairs of one length, read at the last position")
+    request = {"model_dir": str(s.path), "threads": threads,
+               "normal": d.normal[:, :width].tolist(), "contrast": d.contrast[:, :width].tolist(),
+               "normal_answer": d.normal_answer.tolist(), "contrast_answer": d.contrast_answer.tolist()}
+    with tempfile.TemporaryDirectory() as tmp:
+        req, res = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        req.write_text(json.dumps(request))
+        subprocess.run([python, str(Path(__file__).with_name("peers_side.py")), str(req), str(res)], check=True,
+                       env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+        return json.loads(res.read_text())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--small", action="store_true", help="a 4-layer d_model 128 model (a quick check of the bench)")
+    ap.add_argument("--peer-env", default=None, help="Python of an environment with AutoCircuit and EAP-IG")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from nnsight import NNsight
@@ -259,6 +289,21 @@ def main():
     row("attribution patching", "nnsight", t, nn, ours, t_ours, ".grad in a trace")
     cap, t = timed(lambda: captum_attribution(s, lambda tokens: nn_outputs(s, net, tokens)) / (ld_c - ld_n))
     row("attribution patching", "captum", t, cap, ours, t_ours, "LayerGradientXActivation")
+
+    if args.peer_env:
+        side = peer_side(s, args.peer_env, args.threads)
+        print(f"  (peers' environment: {side['versions']}; its model's logits vs transformers': "
+              f"max|diff| {side['logits_vs_hf']:.1e}; LD normal {side['ld_normal']:.4f} / contrast "
+              f"{side['ld_contrast']:.4f} vs fi's {ld_n:.4f} / {ld_c:.4f})")
+        m = side["methods"]
+        ours_path, t_path = timed(lambda: fresh().path_patching("output"))
+        edge = normalised(torch.tensor(m["autocircuit_edge_to_logits"]["scores"]))
+        row("head -> logits edges (direct)", "AutoCircuit", m["autocircuit_edge_to_logits"]["seconds"], edge, ours_path,
+            t_path, "vs fi's path patching -> logits: the direct path only, a different quantity")
+        for key, library, note in (("autocircuit_eap", "AutoCircuit", "mask gradient, outgoing edges summed"),
+                                   ("eap_eap", "EAP-IG", "EAP, outgoing edges summed")):
+            peer = torch.tensor(m[key]["scores"]) / (ld_c - ld_n)
+            row("attribution patching", library, m[key]["seconds"], peer, ours, t_ours, note)
 
     print(f"\nfi's times include building its cache of the two runs ({t_cache:.2f}s here); the peers' include "
           "their own clean runs.")

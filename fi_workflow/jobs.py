@@ -226,7 +226,7 @@ def aggregate_dynamics(job):
 
 
 def plot_dynamics(job):
-    from fi.methods.dynamics import plot_model_dynamics
+    from fi.report.plots import plot_model_dynamics
 
     return plot_model_dynamics(table=job.input.table, formation=job.input.formation,
                                model=job.wildcards.model, output=job.output[0], dpi=job.params.dpi)

@@ -428,7 +428,8 @@ def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(t
     steps and the figure run on its output."""
     import pandas as pd
 
-    from fi.methods.dynamics import aggregate_dynamics, measure_checkpoint, plot_model_dynamics
+    from fi.methods.dynamics import aggregate_dynamics, measure_checkpoint
+    from fi.report.plots import plot_model_dynamics
     from fi.stages import attribute, evaluate, head_types, make_dataset
 
     cfg = tiny_train_cfg(mix=MIX, steps=8, checkpoints=[0, 4])

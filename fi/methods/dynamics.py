@@ -181,69 +181,6 @@ def formation_steps(table: pd.DataFrame, threshold: float, min_gap: float = 0.5)
     return pd.DataFrame(rows)
 
 
-def plot_dynamics(table: pd.DataFrame, formation: pd.DataFrame, output: str, dpi: int = 120) -> None:
-    """One model's dynamics: accuracy and held-out loss per source against step (every run, the band
-    over seeds), then per head (baseline run): path score to the output with -threshold dashed and
-    each head's formation step marked, attention from the query to the demos' answers, and
-    previous-token / induction scores."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    from fi.io import atomic_path
-
-    if table.empty:
-        raise ValueError("no dynamics rows to plot")
-    cells = table[table["measure"] == "cf_acc"][["task", "variant", "shots"]].drop_duplicates()
-    cell = cells.iloc[0] if len(cells) else None
-    in_cell = table if cell is None else table[(table["task"] == cell["task"]) & (table["variant"] == cell["variant"])
-                                                & (table["shots"] == cell["shots"])]
-    base = table[table["run"] == "baseline"] if (table["run"] == "baseline").any() else table
-    base_cell = in_cell[in_cell["run"].isin(base["run"].unique())]
-    head_label = lambda d: d.assign(head_id=[f"L{a}H{b}" for a, b in zip(d["layer"], d["head"])])  # noqa: E731
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
-    acc = in_cell[in_cell["measure"].isin(["cf_acc", "orig_acc"])]
-    sns.lineplot(acc, x="step", y="value", hue="run", style="measure", marker="o", errorbar=("pi", 100), ax=axes[0, 0])
-    where = "" if cell is None else f"\n{cell['task']} {cell['variant']}, {cell['shots']} shots"
-    axes[0, 0].set(title="discovery cell accuracy" + where,
-                   ylabel="accuracy", ylim=(-0.03, 1.03))
-    loss = table[table["measure"].str.startswith("heldout_loss_")].assign(
-        source=lambda d: d["measure"].str.removeprefix("heldout_loss_"))
-    sns.lineplot(loss, x="step", y="value", hue="source", style="run", marker="o", errorbar=("pi", 100), ax=axes[0, 1])
-    axes[0, 1].set(title="held-out loss per data source", ylabel="answer-token loss", yscale="log")
-    path = head_label(base_cell[base_cell["measure"] == "path_output"])
-    sns.lineplot(path, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=axes[0, 2])
-    palette = dict(zip(path["head_id"].unique(), sns.color_palette(n_colors=path["head_id"].nunique())))
-    if len(formation):
-        thr = float(formation["threshold"].iloc[0])
-        axes[0, 2].axhline(-thr, ls="--", color="grey", lw=1)
-        f = formation[formation["run"].isin(base["run"].unique())]
-        if cell is not None:
-            f = f[(f["task"] == cell["task"]) & (f["variant"] == cell["variant"]) & (f["shots"] == cell["shots"])]
-        for r in head_label(f).dropna(subset=["formation_step"]).groupby("head_id")["formation_step"].median().items():
-            axes[0, 2].axvline(r[1], color=palette.get(r[0], "k"), ls=":", lw=1.5)
-            axes[0, 2].annotate(f"{r[0]} FI @ {r[1]:g}", (r[1], -thr), rotation=90, fontsize=7, va="top")
-    axes[0, 2].set(title="path patching to the output (FI-head score)\n(dotted: formation step)", ylabel="normalised score")
-    att = head_label(base_cell[base_cell["measure"] == "attn_query_answers"])
-    sns.lineplot(att, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=axes[1, 0], palette=palette)
-    axes[1, 0].set(title="attention from the query '=' to the demos' answers", ylabel="attention mass")
-    for ax, measure, title in ((axes[1, 1], "previous_token_score", "previous-token score"),
-                               (axes[1, 2], "induction_score", "induction score")):
-        d = head_label(base[base["measure"] == measure])
-        sns.lineplot(d, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=ax, palette=palette)
-        ax.set(title=title, ylabel="score", ylim=(-0.03, 1.03))
-    for ax in axes.flat:
-        if ax.get_legend() is not None:
-            ax.legend(fontsize=7)
-    fig.suptitle(f"{table['model'].iloc[0]}: training dynamics (bands: range over seeds)")
-    fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
-
-
 # ---- the stages ------------------------------------------------------------------------------------
 
 def fi_heads_from_measures(measures: str, discovery: dict) -> list[list[int]]:
@@ -393,14 +330,3 @@ def aggregate_dynamics(measures: list[str], threshold: float, table: str, format
     steps = formation_steps(df, threshold, min_gap)
     write_parquet(steps, formation, sources=measures)
     write_parquet(formation_summary(df, steps), summary, sources=measures)
-
-
-def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:
-    import pandas as pd
-
-    from fi.report.figures import one_figure_at_a_time
-
-    df = pd.read_parquet(table)
-    f = pd.read_parquet(formation)
-    with one_figure_at_a_time():  # pyplot is the process's (fi.report.figures)
-        plot_dynamics(df[df["model"] == model], f[f["model"] == model] if len(f) else f, output, dpi)

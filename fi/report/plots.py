@@ -40,6 +40,13 @@ def _long(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def save_figure(fig, output: str, dpi: int) -> None:
+    """Write `fig` in the format of `output`'s suffix, atomically (no half-written figure), and close it."""
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
+    plt.close(fig)
+
+
 @one_figure_at_a_time()
 def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: int = 120,
                   reference: pd.DataFrame | None = None) -> None:
@@ -103,10 +110,7 @@ def plot_accuracy(df: pd.DataFrame, output: str, task: str = "addition", dpi: in
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title=None)
     fig.suptitle(f"{task}: accuracy against in-context demos", y=1.0)
     fig.tight_layout()
-    suffix = output.rsplit(".", 1)[-1]
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=suffix)
-    plt.close(fig)
+    save_figure(fig, output, dpi)
 
 
 @one_figure_at_a_time()
@@ -142,9 +146,7 @@ def plot_head_heatmaps(df: pd.DataFrame, output: str, dpi: int = 120) -> None:
         ax.axis("off")
     fig.suptitle(f"{df['model'].iloc[0]}: head attribution (boxed: FI heads)", y=1.0)
     fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
+    save_figure(fig, output, dpi)
 
 
 ABLATION_METRICS = {
@@ -205,9 +207,7 @@ def plot_task_generalization(df: pd.DataFrame, output: str, dpi: int = 120) -> N
     handles, lbls = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, lbls, loc="upper center", ncol=len(kinds), bbox_to_anchor=(0.5, 1.04), fontsize=8)
     fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
+    save_figure(fig, output, dpi)
 
 
 # ---- circuits (fi.methods.circuit) -------------------------------------------------------------------------
@@ -255,9 +255,7 @@ def plot_circuit(circuit: dict, output: str, dpi: int = 120) -> None:
     ax.set_title(f"{circuit['model']}: circuit on {circuit['cell']['task']} {circuit['cell']['variant']}, "
                  f"{circuit['cell']['shots']} shots\n(edge width: |path-patching score|; black: restores the "
                  "plain answer)", fontsize=8)
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
+    save_figure(fig, output, dpi)
 
 
 @one_figure_at_a_time()
@@ -281,9 +279,7 @@ def plot_attention_by_group(tokens: list[str], patterns: dict, output: str, dpi:
         ax.set_xlabel("key")
         ax.set_ylabel("query")
     fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
+    save_figure(fig, output, dpi)
 
 
 @one_figure_at_a_time()
@@ -321,9 +317,7 @@ def plot_circuit_evaluation(table: pd.DataFrame, output: str, dpi: int = 120) ->
             row[2].tick_params(axis="x", labelrotation=90, labelsize=7)
         row[2].set(title="minimality: max_K |F(C \\ (K+v)) - F(C \\ K)|", xlabel="head v", ylabel="change")
     fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
+    save_figure(fig, output, dpi)
 
 
 @one_figure_at_a_time()
@@ -344,9 +338,7 @@ def plot_circuit_overlap(table: pd.DataFrame, output: str, dpi: int = 120) -> No
         row[1].tick_params(axis="x", labelrotation=30, labelsize=7)
         row[1].set(title="ablating A's FI heads on B (patch from normal)")
     fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
+    save_figure(fig, output, dpi)
 
 
 @one_figure_at_a_time()
@@ -429,6 +421,67 @@ def plot_function_vectors(shifts: pd.DataFrame, effects: pd.DataFrame, output: s
     fig.suptitle(f"{shifts['model'].iloc[0]}: function vectors of the FI heads{source} "
                  f"(digit-logit shift, patched - clean; boxed: input + k)", y=1.0)
     fig.tight_layout()
-    with atomic_path(output) as tmp:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=output.rsplit(".", 1)[-1])
-    plt.close(fig)
+    save_figure(fig, output, dpi)
+
+
+# ---- training dynamics -------------------------------------------------------------------------------
+
+@one_figure_at_a_time()
+def plot_dynamics(table: pd.DataFrame, formation: pd.DataFrame, output: str, dpi: int = 120) -> None:
+    """One model's dynamics: accuracy and held-out loss per source against step (every run, the band
+    over seeds), then per head (baseline run): path score to the output with -threshold dashed and
+    each head's formation step marked, attention from the query to the demos' answers, and
+    previous-token / induction scores."""
+    if table.empty:
+        raise ValueError("no dynamics rows to plot")
+    cells = table[table["measure"] == "cf_acc"][["task", "variant", "shots"]].drop_duplicates()
+    cell = cells.iloc[0] if len(cells) else None
+    in_cell = table if cell is None else table[(table["task"] == cell["task"]) & (table["variant"] == cell["variant"])
+                                                & (table["shots"] == cell["shots"])]
+    base = table[table["run"] == "baseline"] if (table["run"] == "baseline").any() else table
+    base_cell = in_cell[in_cell["run"].isin(base["run"].unique())]
+    head_label = lambda d: d.assign(head_id=[f"L{a}H{b}" for a, b in zip(d["layer"], d["head"])])  # noqa: E731
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    acc = in_cell[in_cell["measure"].isin(["cf_acc", "orig_acc"])]
+    sns.lineplot(acc, x="step", y="value", hue="run", style="measure", marker="o", errorbar=("pi", 100), ax=axes[0, 0])
+    where = "" if cell is None else f"\n{cell['task']} {cell['variant']}, {cell['shots']} shots"
+    axes[0, 0].set(title="discovery cell accuracy" + where,
+                   ylabel="accuracy", ylim=(-0.03, 1.03))
+    loss = table[table["measure"].str.startswith("heldout_loss_")].assign(
+        source=lambda d: d["measure"].str.removeprefix("heldout_loss_"))
+    sns.lineplot(loss, x="step", y="value", hue="source", style="run", marker="o", errorbar=("pi", 100), ax=axes[0, 1])
+    axes[0, 1].set(title="held-out loss per data source", ylabel="answer-token loss", yscale="log")
+    path = head_label(base_cell[base_cell["measure"] == "path_output"])
+    sns.lineplot(path, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=axes[0, 2])
+    palette = dict(zip(path["head_id"].unique(), sns.color_palette(n_colors=path["head_id"].nunique())))
+    if len(formation):
+        thr = float(formation["threshold"].iloc[0])
+        axes[0, 2].axhline(-thr, ls="--", color="grey", lw=1)
+        f = formation[formation["run"].isin(base["run"].unique())]
+        if cell is not None:
+            f = f[(f["task"] == cell["task"]) & (f["variant"] == cell["variant"]) & (f["shots"] == cell["shots"])]
+        for r in head_label(f).dropna(subset=["formation_step"]).groupby("head_id")["formation_step"].median().items():
+            axes[0, 2].axvline(r[1], color=palette.get(r[0], "k"), ls=":", lw=1.5)
+            axes[0, 2].annotate(f"{r[0]} FI @ {r[1]:g}", (r[1], -thr), rotation=90, fontsize=7, va="top")
+    axes[0, 2].set(title="path patching to the output (FI-head score)\n(dotted: formation step)", ylabel="normalised score")
+    att = head_label(base_cell[base_cell["measure"] == "attn_query_answers"])
+    sns.lineplot(att, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=axes[1, 0], palette=palette)
+    axes[1, 0].set(title="attention from the query '=' to the demos' answers", ylabel="attention mass")
+    for ax, measure, title in ((axes[1, 1], "previous_token_score", "previous-token score"),
+                               (axes[1, 2], "induction_score", "induction score")):
+        d = head_label(base[base["measure"] == measure])
+        sns.lineplot(d, x="step", y="value", hue="head_id", marker="o", errorbar=("pi", 100), ax=ax, palette=palette)
+        ax.set(title=title, ylabel="score", ylim=(-0.03, 1.03))
+    for ax in axes.flat:
+        if ax.get_legend() is not None:
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{table['model'].iloc[0]}: training dynamics (bands: range over seeds)")
+    fig.tight_layout()
+    save_figure(fig, output, dpi)
+
+
+def plot_model_dynamics(table: str, formation: str, model: str, output: str, dpi: int = 120) -> None:
+    """The plot_dynamics rule: one model's rows of the dynamics tables, drawn."""
+    df = pd.read_parquet(table)
+    f = pd.read_parquet(formation)
+    plot_dynamics(df[df["model"] == model], f[f["model"] == model] if len(f) else f, output, dpi)
