@@ -30,3 +30,28 @@ def test_the_workflow_plans_without_model_libraries():
         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "", f"planning imports {out.stdout.strip()}"
+
+
+LAYERS = ("plan", "engine", "build", "methods", "report")  # fi/__init__.py: each imports only those before it
+
+
+def test_each_layer_imports_only_the_layers_before_it():
+    """fi's subpackages are layers: plan (torch-free) < engine < build < methods < report, with io
+    beside them all; none imports a later layer, the stage functions or the CLI (which sit on top)."""
+    import ast
+
+    wrong = []
+    for path in sorted((REPO / "fi").glob("*/*.py")):
+        layer = path.parent.name
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            for name in names:
+                parts = name.split(".")
+                if parts[0] != "fi" or len(parts) < 2:
+                    continue
+                later = parts[1] in LAYERS and LAYERS.index(parts[1]) > LAYERS.index(layer)
+                if later or parts[1] in ("stages", "cli"):
+                    wrong.append(f"{path.relative_to(REPO)} imports {name}")
+    assert {p.parent.name for p in (REPO / "fi").glob("*/__init__.py")} == set(LAYERS)
+    assert wrong == []
