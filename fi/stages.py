@@ -3,6 +3,7 @@ and is tested without Snakemake; fi_workflow.jobs maps a rule's job to its argum
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from fi.io import progress, read_jsonl, write_csv, write_jsonl, write_parquet
+from fi.plan.params import CircuitParams, HeldOut
 from fi.plan.tasks import get_family
 
 log = logging.getLogger("fi")
@@ -324,7 +326,7 @@ def check_ld_gap(what: str, cell: dict, ld_normal: float, ld_contrast: float, mi
                           "or prompts), give the heads in config, or lower min_ld_gap knowingly.")
 
 
-def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, circuit: dict,
+def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, circuit: CircuitParams,
                  explicit: dict | None = None, min_ld_gap: float = 0.5, device: str = "auto",
                  threads: int | None = None) -> dict:
     """The circuit of one cell: iterated path patching from the output down, the three head groups
@@ -335,23 +337,23 @@ def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str,
     t0 = time.perf_counter()
     with model_in_use(model, device, threads) as loaded:
         cell = {"task": task, "variant": variant, "shots": int(shots)}
-        cache, v = _circuit_cache(loaded, task, variant, shots, read_jsonl(dataset), circuit["max_examples"],
-                                  circuit["batch_size"])
+        cache, v = _circuit_cache(loaded, task, variant, shots, read_jsonl(dataset), circuit.max_examples,
+                                  circuit.batch_size)
         if not explicit:
             check_ld_gap(f"{model['name']}: circuit selection", cell, cache.mean_ld_normal, cache.mean_ld_contrast,
                          min_ld_gap)
-        selection = fc.Selection.from_config(circuit["selection"])
+        selection = circuit.selection
         stats = fc.attention_statistics(loaded, cache)
-        edges, direct = fc.iterated_path_patching(loaded, cache, selection, circuit["depth"], circuit["inputs"])
-        found = fc.classify(edges, stats, circuit["attention_threshold"])
+        edges, direct = fc.iterated_path_patching(loaded, cache, selection, circuit.depth, circuit.inputs)
+        found = fc.classify(edges, stats, circuit.attention_threshold)
         gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
         result = {"model": model["name"], "cell": cell,
                   "n_layers": loaded.n_layers, "n_heads": loaded.n_heads, "n_examples": cache.data.size,
                   "n_dropped": cache.data.n_dropped, "ld_normal": cache.mean_ld_normal,
                   "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap, "low_ld_gap": gap < min_ld_gap,
                   "route": vars(cache.route),
-                  "params": {"selection": vars(selection), "depth": circuit["depth"], "inputs": circuit["inputs"],
-                             "attention_threshold": circuit["attention_threshold"]},
+                  "params": {"selection": vars(selection), "depth": circuit.depth, "inputs": list(circuit.inputs),
+                             "attention_threshold": circuit.attention_threshold},
                   "source": "config" if explicit else "discovery",
                   "groups": explicit or found["groups"], "discovered_groups": found["groups"], "other": found["other"],
                   "positions": dict(fc.GROUP_POSITIONS),
@@ -365,7 +367,7 @@ def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str,
 
 
 def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, attention_plot: str,
-                 attention_html: str, circuit: dict, device: str = "auto", threads: int | None = None) -> None:
+                 attention_html: str, circuit: CircuitParams, device: str = "auto", threads: int | None = None) -> None:
     """A found circuit's diagram and its heads' attention views (apart from `find_circuit`, so that a
     plot edit reruns no path patching)."""
 
@@ -376,7 +378,7 @@ def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, att
     with model_in_use(model, device, threads) as loaded:
         cell = found["cell"]
         cache, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], read_jsonl(dataset),
-                                  circuit["max_examples"], circuit["batch_size"])
+                                  circuit.max_examples, circuit.batch_size)
         _attention_views(loaded, cache, found["groups"], attention_plot, attention_html)
 
 
@@ -413,22 +415,22 @@ def _attention_views(loaded, cache, groups: dict, static: str, html: str, n_prom
         Path(tmp).write_text("<html><body>" + "\n".join(parts) + "</body></html>")
 
 
-def heldout_records(task: str, variant: str, generation: dict, heldout: dict, used: list[dict]) -> list[dict]:
+def heldout_records(task: str, variant: str, generation: dict, heldout: HeldOut, used: list[dict]) -> list[dict]:
     """Prompts for the held-out evaluation: the cell's own recipe drawn with another seed
     (heldout.seed, or the dataset's seed + 1), `heldout.max_examples` of them, none equal to a record
     of the discovery dataset `used`."""
     family = get_family(task)
-    seed = heldout["seed"] if heldout["seed"] is not None else generation["seed"] + 1
+    seed = heldout.seed if heldout.seed is not None else generation["seed"] + 1
     if seed == generation["seed"]:
         raise ValueError(f"circuit.heldout.seed {seed} is the dataset's own seed: the held-out prompts would be "
                          "the discovery prompts")
     records = family.generate(family.parse_variant(variant),
-                              {**generation, "seed": seed, "n_examples": heldout["max_examples"]})
+                              {**generation, "seed": seed, "n_examples": heldout.max_examples})
     seen = {json.dumps(r, sort_keys=True) for r in used}
     return [r for r in records if json.dumps(r, sort_keys=True) not in seen]
 
 
-def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, paper_json: str, circuit: dict,
+def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, paper_json: str, circuit: CircuitParams,
                      generation: dict, min_ld_gap: float = 0.5, device: str = "auto",
                      threads: int | None = None) -> dict:
     """The circuit of `circuit_file` evaluated as the paper does: faithfulness F(C) in-sample (the
@@ -442,12 +444,12 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
     cell = found["cell"]
     with model_in_use(model, device, threads) as loaded:
         records = read_jsonl(dataset)
-        heldout = circuit["heldout"]
+        heldout = circuit.heldout
         in_sample, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], records,
-                                      circuit["max_examples"], circuit["batch_size"])
-        held, _ = _circuit_cache(loaded, cell["task"], cell["variant"], heldout["shots"],
+                                      circuit.max_examples, circuit.batch_size)
+        held, _ = _circuit_cache(loaded, cell["task"], cell["variant"], heldout.shots,
                                  heldout_records(cell["task"], cell["variant"], generation, heldout, records),
-                                 heldout["max_examples"], circuit["batch_size"])
+                                 heldout.max_examples, circuit.batch_size)
         groups = found["groups"]
         everything = {"everywhere": [[a, b] for a in range(loaded.n_layers) for b in range(loaded.n_heads)]}
 
@@ -462,16 +464,15 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
                     "by_group": dict(zip(named, f_groups)),
                     "ld_normal": cache.mean_ld_normal, "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap,
                     "low_ld_gap": gap < min_ld_gap}
-        search = circuit["completeness"]
-        completeness = fc.completeness_search(loaded, held, groups, search["rollouts"], search["steps"],
-                                              search["candidates"], search["seed"], search["n_random"],
-                                              search["random_size"])
+        search = circuit.completeness
+        completeness = fc.completeness_search(loaded, held, groups, search.rollouts, search.steps, search.candidates,
+                                              search.seed, search.n_random, search.random_size)
         minimal = fc.minimality(loaded, held, groups, [r["k"] for r in completeness["rollouts"]])
         result = {"model": model["name"], "cell": cell,
-                  "heldout_cell": {"task": cell["task"], "variant": cell["variant"], "shots": int(heldout["shots"])},
+                  "heldout_cell": {"task": cell["task"], "variant": cell["variant"], "shots": int(heldout.shots)},
                   "groups": groups,
                   "faithfulness": {"in_sample": faithfulness(in_sample), "heldout": faithfulness(held)},
-                  "completeness": completeness, "minimality": minimal, "search": search,
+                  "completeness": completeness, "minimality": minimal, "search": dataclasses.asdict(search),
                   "seconds": time.perf_counter() - t0}
         write_json(result, output)
         write_json(fc.paper_completeness_json(completeness["rollouts"]), paper_json)
@@ -479,7 +480,7 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
         log.info("%s: F(C) %.3f in-sample (%d prompts, %d shots), %.3f held out (%d prompts, %d shots); completeness: "
                  "%d distinct K, max |LD(C\\K) - LD(M\\K)| %.3f (%.1fs)", model["name"], f["in_sample"]["circuit"],
                  f["in_sample"]["n_examples"], cell["shots"], f["heldout"]["circuit"], f["heldout"]["n_examples"],
-                 heldout["shots"], completeness["n_distinct_k"],
+                 heldout.shots, completeness["n_distinct_k"],
                  max([r["difference"] for r in completeness["rollouts"]] or [0.0]), result["seconds"])
         return result
 

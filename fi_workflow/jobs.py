@@ -130,29 +130,33 @@ def plot_ablation(job):
 
 
 def find_circuit(job):
+    from fi.plan.params import CircuitParams
     from fi.stages import find_circuit
 
     return find_circuit(model=job.params.model, task=job.wildcards.task, variant=job.wildcards.variant,
                         shots=int(job.wildcards.shots), dataset=job.input.dataset, output=job.output[0],
-                        circuit=job.params.circuit, explicit=job.params.explicit, min_ld_gap=job.params.min_ld_gap,
-                        device=job.resources.device, threads=job.threads)
+                        circuit=CircuitParams.from_config(job.params.circuit), explicit=job.params.explicit,
+                        min_ld_gap=job.params.min_ld_gap, device=job.resources.device, threads=job.threads)
 
 
 def draw_circuit(job):
+    from fi.plan.params import CircuitParams
     from fi.stages import draw_circuit
 
     return draw_circuit(model=job.params.model, circuit_file=job.input.circuit, dataset=job.input.dataset,
                         diagram=job.output.diagram, attention_plot=job.output.attention_plot,
-                        attention_html=job.output.attention_html, circuit=job.params.circuit, device=job.resources.device,
-                        threads=job.threads)
+                        attention_html=job.output.attention_html, circuit=CircuitParams.from_config(job.params.circuit),
+                        device=job.resources.device, threads=job.threads)
 
 
 def evaluate_circuit(job):
+    from fi.plan.params import CircuitParams
     from fi.stages import evaluate_circuit
 
     return evaluate_circuit(model=job.params.model, circuit_file=job.input.circuit, dataset=job.input.dataset,
-                            output=job.output.evaluation, paper_json=job.output.completeness, circuit=job.params.circuit,
-                            generation=job.params.generation, min_ld_gap=job.params.min_ld_gap,
+                            output=job.output.evaluation, paper_json=job.output.completeness,
+                            circuit=CircuitParams.from_config(job.params.circuit), generation=job.params.generation,
+                            min_ld_gap=job.params.min_ld_gap,
                             device=job.resources.device, threads=job.threads)
 
 

@@ -10,6 +10,7 @@ import torch
 
 from fi.engine.patching import build_cache, build_patching_data, logit_diff, z_hook
 from fi.methods import circuit as fc
+from fi.plan.params import CircuitParams, Completeness, HeldOut
 from fi.plan.tasks import get_family
 
 ADDITION = get_family("addition")
@@ -234,9 +235,9 @@ def test_discovered_circuit_holds_the_head_that_restores_the_plain_answer(toy, t
     records = ADDITION.generate(v, {"n_examples": 40, "n_demos": 32, "seed": 42})
     dataset = tmp_path / "add.jsonl"
     write_jsonl(records, dataset)
-    params = dict(selection={}, depth=2, inputs=["v"], attention_threshold=0.2, max_examples=24, batch_size=8,
-                  heldout=dict(shots=8, max_examples=16, seed=None),
-                  completeness=dict(rollouts=2, steps=2, candidates=2, seed=0, n_random=2, random_size=2))
+    params = CircuitParams(depth=2, inputs=("v",), attention_threshold=0.2, max_examples=24, batch_size=8,
+                           heldout=HeldOut(shots=8, max_examples=16, seed=None),
+                           completeness=Completeness(rollouts=2, steps=2, candidates=2, seed=0, n_random=2, random_size=2))
     model = {"name": "fi-toy", "path": str(trained_toy_dir), "dtype": "float32"}
     out = find_circuit(model, "addition", v.name, 4, str(dataset), str(tmp_path / "c.json"), params, device="cpu",
                        threads=1)
@@ -277,9 +278,10 @@ def test_planted_roles_are_recovered(tmp_path, one_torch_thread):
     v = ADDITION.parse_variant("setting1_nmax9_offset1")
     dataset = tmp_path / "add.jsonl"
     write_jsonl(ADDITION.generate(v, PARAMS), dataset)
-    params = dict(selection={}, depth=3, inputs=["v", "k", "q"], attention_threshold=0.2, max_examples=16,
-                  batch_size=8, heldout=dict(shots=8, max_examples=16, seed=None),
-                  completeness=dict(rollouts=2, steps=2, candidates=2, seed=0, n_random=2, random_size=2))
+    params = CircuitParams.from_config(dict(
+        selection={}, depth=3, inputs=["v", "k", "q"], attention_threshold=0.2, max_examples=16, batch_size=8,
+        heldout=dict(shots=8, max_examples=16, seed=None),
+        completeness=dict(rollouts=2, steps=2, candidates=2, seed=0, n_random=2, random_size=2)))
     model = {"name": "planted", "path": str(path), "dtype": "float32"}
     out = find_circuit(model, "addition", v.name, 4, str(dataset), str(tmp_path / "c.json"), params, device="cpu",
                        threads=1)

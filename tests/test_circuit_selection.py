@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fi.methods.circuit import Selection
+from fi.plan.params import Selection
 from tests.conftest import REFERENCE
 
 needs_reference = pytest.mark.skipif(not (REFERENCE / "circuit_discovery").is_dir(),

@@ -52,6 +52,7 @@ from fi.engine.patching import (
 )
 from fi.engine.readout import run_to_final_resid
 from fi.io import progress
+from fi.plan.params import Selection
 
 GROUPS = ("previous_token", "function_induction", "consolidation")
 # where each group acts (fi.engine.patching position groups, plus the read position)
@@ -117,46 +118,6 @@ class Edge:
 
     def as_dict(self) -> dict:
         return {"sender": list(self.sender), "receiver": self.receiver, "score": self.score}
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which senders path patching puts in the graph (the paper's choices as rules; defaults recover
-    every output-level head the paper chose for its four models from its released scores, and all
-    eight of Gemma-2-9B's previous-token heads: docs/circuit.md, tests/test_circuit_selection.py).
-
-    output_threshold    |score to the output| for a direct-effect head (the paper's 0.02 tier)
-    strong_threshold    the tier boundary: heads at or above it are 'strong', the others 'weak'
-    receiver_top_k      per receiver input, at most this many senders, strongest first
-    receiver_threshold  ... each with |score| >= this
-    max_receivers       at most this many heads of a level are the next level's receivers,
-                        strongest first (None: all); a cost cap for large models"""
-
-    output_threshold: float = 0.02
-    strong_threshold: float = 0.05
-    receiver_top_k: int = 4
-    receiver_threshold: float = 0.003
-    max_receivers: int | None = None
-
-    @classmethod
-    def from_config(cls, selection: dict) -> Selection:
-        return cls(**{k: selection[k] for k in cls.__dataclass_fields__ if k in selection})
-
-    def tier(self, score: float) -> str:
-        return "strong" if abs(score) >= self.strong_threshold else "weak"
-
-    def direct(self, scores: torch.Tensor) -> list[tuple[Head, float]]:
-        """(head, score) of the direct-effect heads, strongest first."""
-        picked = [((layer, head), float(scores[layer, head])) for layer in range(scores.shape[0])
-                  for head in range(scores.shape[1]) if abs(float(scores[layer, head])) >= self.output_threshold]
-        return sorted(picked, key=lambda x: (-abs(x[1]), x[0]))
-
-    def senders(self, scores: torch.Tensor, below_layer: int) -> list[tuple[Head, float]]:
-        """(head, score) of one receiver input's selected senders (layers below the receiver's),
-        strongest first."""
-        picked = [((layer, head), float(scores[layer, head])) for layer in range(below_layer)
-                  for head in range(scores.shape[1]) if abs(float(scores[layer, head])) >= self.receiver_threshold]
-        return sorted(picked, key=lambda x: (-abs(x[1]), x[0]))[:self.receiver_top_k]
 
 
 def iterated_path_patching(model, cache: RunCache, selection: Selection | None = None, depth: int = 3,

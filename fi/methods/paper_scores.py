@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fi.methods.circuit import Selection
+from fi.plan.params import Selection
 
 MODELS = ("gemma_2_9b", "llama_2_7b", "llama_3_8b", "mistral_7b")
 
