@@ -9,6 +9,7 @@ rule attribute:
         PATHS["attribution"],
     log:
         "logs/attribute/{model}/{task}/{variant}/shots{shots}.log",
+    priority: CIRCUIT_CHAIN_PRIORITY
     # one thread, as every other model job: a 2-thread job waits for both cores to be free, which
     # with dozens of 1-thread evaluate jobs ready happens only after the last of them, and the
     # chain behind it (discover_heads, ablate) then ends the run
@@ -19,7 +20,6 @@ rule attribute:
         code=code_hash("attribute"),
         model=model_params,
         attribution=config_slice("attribution", "cells"),
-    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 

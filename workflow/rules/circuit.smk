@@ -10,6 +10,7 @@ rule find_circuit:
         PATHS["circuit"],
     log:
         "logs/find_circuit/{model}/{task}/{variant}/shots{shots}.log",
+    priority: CIRCUIT_CHAIN_PRIORITY
     threads: 1
     resources:
         **model_resources("find_circuit"),
@@ -19,7 +20,6 @@ rule find_circuit:
         circuit=circuit_params,
         explicit=explicit_groups,
         min_ld_gap=config["min_ld_gap"],
-    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
@@ -59,6 +59,7 @@ rule evaluate_circuit:
         completeness=PATHS["circuit_completeness"],
     log:
         "logs/evaluate_circuit/{model}.log",
+    priority: CIRCUIT_CHAIN_PRIORITY
     threads: 1
     resources:
         **model_resources("evaluate_circuit"),
@@ -68,7 +69,6 @@ rule evaluate_circuit:
         circuit=circuit_params,
         generation=circuit_generation_params,
         min_ld_gap=config["min_ld_gap"],
-    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 

@@ -137,13 +137,18 @@ def models_evaluated_per(kind):
 
 
 def evaluate_task_inputs(wildcards):
-    return {**model_inputs(wildcards), "datasets": sorted({d for _, _, d in task_cells_params(wildcards)})}
+    return {
+        **model_inputs(wildcards),
+        "datasets": sorted({d for _, _, d in task_cells_params(wildcards)}),
+    }
 
 
 def task_cells_params(wildcards):
     """[variant, shots, dataset] of each cell of an evaluate_task job, in grid order."""
-    return [[c.variant, c.shots, dataset_path(c.task, c.variant)]
-            for c in task_cells(config, wildcards.model, wildcards.task)]
+    return [
+        [c.variant, c.shots, dataset_path(c.task, c.variant)]
+        for c in task_cells(config, wildcards.model, wildcards.task)
+    ]
 
 
 def discovery_inputs(wildcards):

@@ -8,6 +8,7 @@ rule discover_heads:
         PATHS["heads"],
     log:
         "logs/discover_heads/{model}.log",
+    priority: CIRCUIT_CHAIN_PRIORITY
     resources:
         **model_resources("discover_heads"),
     params:
@@ -16,6 +17,5 @@ rule discover_heads:
         discovery=config_slice("discovery", "heads"),
         explicit=explicit_heads,
         min_ld_gap=config["min_ld_gap"],
-    priority: CIRCUIT_CHAIN_PRIORITY
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))

@@ -10,14 +10,14 @@ rule evaluate:
         PATHS["eval"],
     log:
         "logs/evaluate/{model}/{task}/{variant}/shots{shots}.log",
+    wildcard_constraints:
+        model=models_evaluated_per("cell"),
     threads: 1
     resources:
         **model_resources("evaluate", batched=True),
     params:
         code=code_hash("evaluate"),
         model=model_params,
-    wildcard_constraints:
-        model=models_evaluated_per("cell"),
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
 
@@ -29,6 +29,8 @@ rule evaluate_task:
         PATHS["eval_task"],
     log:
         "logs/evaluate_task/{model}/{task}.log",
+    wildcard_constraints:
+        model=models_evaluated_per("task"),
     threads: 1
     resources:
         **model_resources("evaluate_task", batched=True),
@@ -37,7 +39,5 @@ rule evaluate_task:
         model=model_params,
         # the family's cells: adding one reruns this job (and only this one)
         cells=task_cells_params,
-    wildcard_constraints:
-        model=models_evaluated_per("task"),
     run:
         run_job(rule, Job(input, output, params, wildcards, threads, resources, log))
