@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 
 from fi.io import write_jsonl
+from fi.plan.params import HeldOut
 from fi.plan.tasks import get_family
 from fi.stages import LowGapError, aggregate_attribution, discover_heads, heldout_records
 
@@ -49,7 +52,7 @@ def test_heldout_prompts_are_fresh_and_deterministic(tmp_path):
     generation = {"n_examples": 100, "n_demos": 32, "seed": 42}
     used = family.generate(v, generation)
     write_jsonl(used, tmp_path / "d.jsonl")
-    heldout = {"shots": 16, "max_examples": 100, "seed": None}
+    heldout = HeldOut(shots=16, max_examples=100, seed=None)
     a = heldout_records("addition", CELL["variant"], generation, heldout, used)
     assert a == heldout_records("addition", CELL["variant"], generation, heldout, used)
     assert len(a) == 100 and not any(r in used for r in a)
@@ -57,4 +60,4 @@ def test_heldout_prompts_are_fresh_and_deterministic(tmp_path):
     # a record that is also a discovery record is left out
     assert heldout_records("addition", CELL["variant"], generation, heldout, used + a[:3]) == a[3:]
     with pytest.raises(ValueError, match="heldout.seed 42 is the dataset's own seed"):
-        heldout_records("addition", CELL["variant"], generation, {**heldout, "seed": 42}, used)
+        heldout_records("addition", CELL["variant"], generation, dataclasses.replace(heldout, seed=42), used)

@@ -270,8 +270,8 @@ def test_cuda_oom_is_retried_with_a_halved_batch(tmp_path):
     16) under the default profile's retries, with the batch_size resource line of the real rules."""
     rules = ""
     for rule, smk in (("evaluate", "evaluate.smk"), ("ablate", "ablation.smk")):
-        text = (REPO / "workflow" / "rules" / smk).read_text()
-        (line,) = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("**model_resources(")]
+        text = (REPO / "workflow" / "rules" / smk).read_text().split(f"rule {rule}:\n", 1)[1]
+        line = next(ln.strip() for ln in text.splitlines() if ln.strip().startswith("**model_resources("))
         rules += (f"rule {rule}:\n    output: '{rule}_{{model}}.txt'\n    resources:\n        {line}\n"
                   "    script: 'oom.py'\n\n")
     (tmp_path / "oom.py").write_text(OOM_SCRIPT)
