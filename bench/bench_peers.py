@@ -268,6 +268,7 @@ def main():
     print("\nmethod                       library           seconds   vs fi    difference from fi (logit-difference scale)")
     fresh = lambda: Patcher(s.model, s.data, batch_size=16)  # noqa: E731  each fi time includes its own runs
     ours, t_ours = timed(lambda: fresh().path_patching("output"))
+    ours_path, t_path = ours, t_ours  # AutoCircuit's head -> logits edges are compared with these below
     row("path patching -> logits", "fi", t_ours, ours, ours, t_ours, f"(analytic run 1: {patcher.route.analytic_output_path})")
     tl, t = timed(lambda: normalised(tl_path_to_logits(s)))
     row("path patching -> logits", "TransformerLens", t, tl, ours, t_ours, "hook loop")
@@ -296,7 +297,6 @@ def main():
               f"max|diff| {side['logits_vs_hf']:.1e}; LD normal {side['ld_normal']:.4f} / contrast "
               f"{side['ld_contrast']:.4f} vs fi's {ld_n:.4f} / {ld_c:.4f})")
         m = side["methods"]
-        ours_path, t_path = timed(lambda: fresh().path_patching("output"))
         edge = normalised(torch.tensor(m["autocircuit_edge_to_logits"]["scores"]))
         row("head -> logits edges (direct)", "AutoCircuit", m["autocircuit_edge_to_logits"]["seconds"], edge, ours_path,
             t_path, "vs fi's path patching -> logits: the direct path only, a different quantity")

@@ -260,8 +260,11 @@ def circuit_lds(model, cache: RunCache, variants: Sequence[tuple[Sequence | None
     rollouts' K scored again, C \\ K for every v not in K)."""
     rows_per_pass = rows_per_pass or default_rows_per_pass(model)
     keys = [_variant_key(kept, knocked) for kept, knocked in variants]
-    todo = list(dict.fromkeys(k for k in keys if k not in cache.variant_lds))
-    todo_variants = [variants[keys.index(k)] for k in todo]
+    first: dict[tuple, tuple] = {}  # each variant not run yet, once
+    for key, variant in zip(keys, variants):
+        if key not in cache.variant_lds:
+            first.setdefault(key, variant)
+    todo, todo_variants = list(first), list(first.values())
     totals = torch.zeros(len(todo))
     for i, chunk in enumerate(cache.chunks):
         per_pass = max(1, rows_per_pass // chunk.size)
