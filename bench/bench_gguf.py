@@ -34,6 +34,7 @@ def main() -> None:
 
     from fi.build.gguf import assemble_gguf, convert_gguf, gguf_parity
     from fi.plan.gguf_source import resolve_source
+    from fi.plan.params import ModelSpec
     from fi.plan.tasks import get_family
     from fi.stages import evaluate, make_dataset
 
@@ -62,7 +63,7 @@ def main() -> None:
     make_dataset("addition", variant, family.generation_params({"n_examples": args.n, "n_demos": 32, "seed": 42}),
                  str(dataset))
     t0 = time.perf_counter()
-    df = evaluate({"name": name, "path": str(folder), "dtype": "float32"}, "addition", variant, args.shots,
+    df = evaluate(ModelSpec(name, str(folder)), "addition", variant, args.shots,
                   str(dataset), str(work / "eval.parquet"), batch_size=args.batch_size, device="cpu",
                   threads=args.threads)
     out["eval"] = {"variant": variant, "shots": args.shots, "n": len(df), "wall_s": round(time.perf_counter() - t0, 1),

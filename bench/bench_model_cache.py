@@ -27,10 +27,11 @@ import fi.engine.models
 from fi import stages
 from fi.engine.models import ModelCache
 from fi.io import write_jsonl
+from fi.plan.params import ModelSpec
 from fi.plan.tasks import get_family
 
 
-def one_pass(entry: dict, cells: list[tuple[str, Path]], out: Path, capacity: int, shots: int) -> tuple[float, list]:
+def one_pass(entry: ModelSpec, cells: list[tuple[str, Path]], out: Path, capacity: int, shots: int) -> tuple[float, list]:
     fi.engine.models.MODEL_CACHE = ModelCache(capacity=capacity)
     t0 = time.perf_counter()
     tables = [stages.evaluate(entry, "addition", variant, shots, str(data), str(out / f"{variant}.parquet"),
@@ -58,7 +59,7 @@ def main():
         params = {"n_examples": args.examples, "n_demos": 32, "seed": 42}
         write_jsonl(family.generate(family.parse_variant(variant), params), data)
         cells.append((variant, data))
-    entry = {"name": Path(args.model).name, "path": str(Path(args.model).resolve()), "dtype": "float32"}
+    entry = ModelSpec(Path(args.model).name, str(Path(args.model).resolve()))
     times = {"load per cell": [], "cached": []}
     results = {}
     for _ in range(args.rounds):
@@ -71,7 +72,7 @@ def main():
     for a, b in zip(results["load per cell"], results["cached"]):
         pd.testing.assert_frame_equal(a, b)
     per_cell = {name: min(t) / len(cells) for name, t in times.items()}
-    print(f"{entry['name']}: {len(cells)} cells of {args.examples} prompts at {args.shots} shots, {args.threads} threads, "
+    print(f"{entry.name}: {len(cells)} cells of {args.examples} prompts at {args.shots} shots, {args.threads} threads, "
           f"best of {args.rounds}")
     for name, t in per_cell.items():
         print(f"  {name:14s} {t:7.2f} s a cell")

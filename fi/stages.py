@@ -1,5 +1,6 @@
-"""One function per Snakemake rule. Each takes plain arguments (paths, dicts), so every stage runs
-and is tested without Snakemake; fi_workflow.jobs maps a rule's job to its arguments."""
+"""One function per Snakemake rule. Each takes plain arguments (paths, and the typed parameters of
+fi.plan.params), so every stage runs and is tested without Snakemake; fi_workflow.jobs maps a rule's
+job to its arguments."""
 
 from __future__ import annotations
 
@@ -13,7 +14,17 @@ from pathlib import Path
 import pandas as pd
 
 from fi.io import progress, read_jsonl, write_csv, write_jsonl, write_parquet
-from fi.plan.params import CircuitParams, HeldOut
+from fi.plan.params import (
+    AblationParams,
+    AttributionParams,
+    CircuitParams,
+    DiscoveryParams,
+    FunctionVectorParams,
+    HeadTypeParams,
+    HeldOut,
+    ModelSpec,
+    PlotParams,
+)
 from fi.plan.tasks import get_family
 
 log = logging.getLogger("fi")
@@ -34,31 +45,31 @@ def train_model(train: dict, output: str, threads: int | None = None) -> None:
              curve["loss"].iloc[-1], curve["token_acc"].iloc[-1])
 
 
-def evaluate(model: dict, task: str, variant: str, shots: int, dataset: str, output: str,
-             batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+def evaluate(model: ModelSpec, task: str, variant: str, shots: int, dataset: str, output: str,
+             batch_size: int = 64, device: str = "auto") -> pd.DataFrame:
     """Score one cell; writes per-example rows keyed by model, task, variant fields and shots."""
     t0 = time.perf_counter()
-    with model_in_use(model, device, threads) as loaded:
-        log.info("%s loaded in %.1fs", model["name"], time.perf_counter() - t0)
+    with model_in_use(model, device) as loaded:
+        log.info("%s loaded in %.1fs", model.name, time.perf_counter() - t0)
         df = _evaluate_cell(loaded, model, task, variant, shots, dataset, batch_size)
         write_parquet(df, output)
         return df
 
 
-def evaluate_task(model: dict, task: str, cells: list[tuple[str, int]], datasets: dict[str, str], output: str,
-                  batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+def evaluate_task(model: ModelSpec, task: str, cells: list[tuple[str, int]], datasets: dict[str, str], output: str,
+                  batch_size: int = 64, device: str = "auto") -> pd.DataFrame:
     """Score every (variant, shots) cell of one task family with one load of the model; writes their
     per-example rows, in the order of `cells`, as one table (the rows `evaluate` writes per cell)."""
     t0 = time.perf_counter()
-    with model_in_use(model, device, threads) as loaded:
-        log.info("%s loaded in %.1fs; %d cells of %s", model["name"], time.perf_counter() - t0, len(cells), task)
+    with model_in_use(model, device) as loaded:
+        log.info("%s loaded in %.1fs; %d cells of %s", model.name, time.perf_counter() - t0, len(cells), task)
         df = pd.concat([_evaluate_cell(loaded, model, task, variant, shots, datasets[variant], batch_size)
                         for variant, shots in progress(cells, f"{task} cells")], ignore_index=True)
         write_parquet(df, output)
         return df
 
 
-def _evaluate_cell(loaded, model: dict, task: str, variant: str, shots: int, dataset: str,
+def _evaluate_cell(loaded, model: ModelSpec, task: str, variant: str, shots: int, dataset: str,
                    batch_size: int) -> pd.DataFrame:
     from fi.methods.evaluation import evaluate_task as score
 
@@ -66,10 +77,10 @@ def _evaluate_cell(loaded, model: dict, task: str, variant: str, shots: int, dat
     family = get_family(task)
     v = family.parse_variant(variant)
     df = score(loaded, family, v, read_jsonl(dataset), int(shots), batch_size=batch_size)
-    keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+    keys = {"model": model.name, "task": task, "variant": variant, **v.fields, "shots": int(shots)}
     for i, (k, val) in enumerate(keys.items()):
         df.insert(i, k, val)
-    log.info("%s %s %s shots=%s: cf_acc %.3f orig_acc %.3f (eval %.1fs)", model["name"], task, variant, shots,
+    log.info("%s %s %s shots=%s: cf_acc %.3f orig_acc %.3f (eval %.1fs)", model.name, task, variant, shots,
              df["cf_correct"].mean(), df["orig_correct"].mean(), time.perf_counter() - t0)
     return df
 
@@ -92,69 +103,47 @@ def aggregate(cells: list[str], table: str, paper: str, predictions: str) -> pd.
     return summary
 
 
-def plot_accuracy(table: str, task: str, output: str, plots: dict) -> None:
+def plot_accuracy(table: str, task: str, output: str, plots: PlotParams) -> None:
     from fi.report.plots import plot_accuracy as plot
 
     df = pd.read_parquet(table)
     reference = None
-    if plots.get("reference"):
+    if plots.reference:
         from fi.report.tables import from_paper_format
 
-        reference = from_paper_format(pd.read_csv(plots["reference"]))
-    plot(df[df["task"] == task], output, task=task, dpi=plots["dpi"], reference=reference)
+        reference = from_paper_format(pd.read_csv(plots.reference))
+    plot(df[df["task"] == task], output, task=task, dpi=plots.dpi, reference=reference)
 
 
 # ---- circuit discovery (issue: head attribution) --------------------------------------------------
 
 @contextmanager
-def model_in_use(model: dict, device: str, threads: int | None):
+def model_in_use(model: ModelSpec, device: str):
     """The model entry's loaded model, for the duration of a job: from the process's model cache
     (`fi.engine.models.MODEL_CACHE`: jobs that share a process load each model once) and held alone (no
-    other job hooks it meanwhile)."""
-    import torch
-
+    other job hooks it meanwhile). torch's thread count is the process's: set by whoever runs the
+    stage (fi_workflow.run for the workflow's jobs), not per stage."""
     from fi.engine.models import MODEL_CACHE
 
-    if threads:
-        torch.set_num_threads(threads)
-    with MODEL_CACHE.use(model["name"], path=model["path"], dtype=model["dtype"], device=device) as loaded:
+    with MODEL_CACHE.use(model.name, path=model.path, dtype=model.dtype, device=device) as loaded:
         yield loaded
 
 
-def attribute(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, attribution: dict,
-              device: str = "auto", threads: int | None = None) -> pd.DataFrame:
-    """Every configured attribution method on one cell -> a long layer x head table."""
-    from fi.engine.patching import POSITION_GROUPS, Patcher, build_patching_data
+def attribute(model: ModelSpec, task: str, variant: str, shots: int, dataset: str, output: str,
+              attribution: AttributionParams, device: str = "auto") -> pd.DataFrame:
+    """Every configured attribution method (fi.methods.attribution.METHODS) on one cell -> a long
+    layer x head table."""
+    from fi.engine.patching import Patcher, build_patching_data
+    from fi.methods.attribution import attribution_table
 
-    with model_in_use(model, device, threads) as loaded:
+    with model_in_use(model, device) as loaded:
         family = get_family(task)
         v = family.parse_variant(variant)
-        data = build_patching_data(loaded, family, v, read_jsonl(dataset), int(shots), attribution["max_examples"])
+        data = build_patching_data(loaded, family, v, read_jsonl(dataset), int(shots), attribution.max_examples)
         t0 = time.perf_counter()
-        patcher = Patcher(loaded, data, batch_size=attribution["batch_size"])
-        tables = []
-
-        def add(method, receiver, group, scores):
-            df = pd.DataFrame([(layer, head, float(scores[layer, head])) for layer in range(scores.shape[0])
-                               for head in range(scores.shape[1])], columns=["layer", "head", "score"])
-            df.insert(0, "method", method)
-            df.insert(1, "receiver", receiver)
-            df.insert(2, "positions", group)
-            tables.append(df)
-
-        methods = attribution["methods"]
-        if "path" in methods:
-            for receiver in attribution["receivers"]:
-                add("path", receiver, "all", patcher.path_patching(receiver))
-        if "activation" in methods:
-            add("activation", "output", "all", patcher.activation_patching())
-            if attribution["position_groups"]:
-                for group in POSITION_GROUPS:
-                    add("activation", "output", group, patcher.activation_patching(group))
-        if "attribution" in methods:
-            add("attribution", "output", "all", patcher.attribution_patching())
-        out = pd.concat(tables, ignore_index=True)
-        keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+        patcher = Patcher(loaded, data, batch_size=attribution.batch_size)
+        out = attribution_table(patcher, attribution)
+        keys = {"model": model.name, "task": task, "variant": variant, **v.fields, "shots": int(shots)}
         for i, (k, val) in enumerate(keys.items()):
             out.insert(i, k, val)
         out["n_examples"] = data.size
@@ -163,24 +152,24 @@ def attribute(model: dict, task: str, variant: str, shots: int, dataset: str, ou
         out["ld_contrast"] = patcher.ld_contrast
         write_parquet(out, output)
         log.info("%s %s %s shots=%s: %d examples (%d dropped), LD normal %.3f contrast %.3f, %.1fs",
-                 model["name"], task, variant, shots, data.size, data.n_dropped, patcher.ld_normal,
+                 model.name, task, variant, shots, data.size, data.n_dropped, patcher.ld_normal,
                  patcher.ld_contrast, time.perf_counter() - t0)
         return out
 
 
-def head_types(model: dict, output: str, params: dict, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+def head_types(model: ModelSpec, output: str, params: HeadTypeParams, device: str = "auto") -> pd.DataFrame:
     from fi.methods.heads import head_type_scores
 
-    with model_in_use(model, device, threads) as loaded:
-        df = head_type_scores(loaded, **params)
-        df.insert(0, "model", model["name"])
+    with model_in_use(model, device) as loaded:
+        df = head_type_scores(loaded, **dataclasses.asdict(params))
+        df.insert(0, "model", model.name)
         write_parquet(df, output)
         return df
 
 
-def discover_heads(model: dict, output: str, discovery: dict, explicit: list | None = None,
+def discover_heads(model: ModelSpec, output: str, discovery: DiscoveryParams, explicit: list | None = None,
                    attribution: str | None = None, dataset: str | None = None, min_ld_gap: float = 0.5,
-                   device: str = "auto", threads: int | None = None) -> dict:
+                   device: str = "auto") -> dict:
     """The model's FI heads: explicit from config, or chosen from the discovery cell's scores; in both
     cases checked by patching them together from the normal prompt on the discovery cell and
     counting how often the model then gives the plain answer."""
@@ -188,44 +177,44 @@ def discover_heads(model: dict, output: str, discovery: dict, explicit: list | N
     from fi.methods.ablation import ablated_scores
     from fi.methods.heads import select_heads
 
-    cell = discovery["cell"]
-    result = {"model": model["name"], "cell": cell}
+    cell = dataclasses.asdict(discovery.cell)
+    result = {"model": model.name, "cell": cell}
     if explicit:
         heads = sorted((int(a), int(b)) for a, b in explicit)
         result.update(source="config", heads=[list(h) for h in heads])
     else:
         scores = pd.read_parquet(attribution)
-        check_ld_gap(f"{model['name']}: FI-head discovery", cell, float(scores["ld_normal"].iloc[0]),
+        check_ld_gap(f"{model.name}: FI-head discovery", cell, float(scores["ld_normal"].iloc[0]),
                      float(scores["ld_contrast"].iloc[0]), min_ld_gap)
-        sel = scores[(scores["method"] == discovery["method"]) & (scores["receiver"] == "output")
+        sel = scores[(scores["method"] == discovery.method) & (scores["receiver"] == "output")
                      & (scores["positions"] == "all")]
-        chosen = select_heads(sel[["layer", "head", "score"]], discovery["criterion"], discovery["top_k"],
-                              discovery["threshold"])
+        chosen = select_heads(sel[["layer", "head", "score"]], discovery.criterion, discovery.top_k,
+                              discovery.threshold)
         heads = [(int(r.layer), int(r.head)) for r in chosen.itertuples()]
-        result.update(source="discovery", criterion=discovery["criterion"], top_k=discovery["top_k"],
-                      threshold=discovery["threshold"], method=discovery["method"], heads=[list(h) for h in heads],
+        result.update(source="discovery", criterion=discovery.criterion, top_k=discovery.top_k,
+                      threshold=discovery.threshold, method=discovery.method, heads=[list(h) for h in heads],
                       scores=sel.sort_values("score")[["layer", "head", "score"]].to_dict("records"))
     if dataset and heads:
-        with model_in_use(model, device, threads) as loaded:
+        with model_in_use(model, device) as loaded:
             family = get_family(cell["task"])
             v = family.parse_variant(cell["variant"])
             df = ablated_scores(loaded, family, v, read_jsonl(dataset), int(cell["shots"]), heads, "patch")
             result["patched_gives_plain_answer"] = float(df["orig_correct"].mean())
             result["patched_gives_contrast_answer"] = float(df["cf_correct"].mean())
     write_json(result, output)
-    log.info("%s: FI heads %s (%s)", model["name"], heads, result["source"])
+    log.info("%s: FI heads %s (%s)", model.name, heads, result["source"])
     return result
 
 
-def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads_file: str, output: str,
-           ablation: dict, batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+def ablate(model: ModelSpec, task: str, variant: str, shots: int, dataset: str, heads_file: str, output: str,
+           ablation: AblationParams, batch_size: int = 64, device: str = "auto") -> pd.DataFrame:
     """The paper's four accuracies with no ablation, the FI heads ablated and random head sets of
     the same size ablated, for every configured mode."""
 
     from fi.methods.ablation import ablated_scores_many, random_head_sets
     from fi.report.tables import summarise_cell
 
-    with model_in_use(model, device, threads) as loaded:
+    with model_in_use(model, device) as loaded:
         family = get_family(task)
         v = family.parse_variant(variant)
         records = read_jsonl(dataset)
@@ -233,13 +222,13 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
         sets = [("none", 0, [])]
         if fi_heads:
             sets.append(("fi", 0, fi_heads))
-            randoms = random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation["n_random"],
-                                       ablation["seed"], ablation["layer_matched"], exclude=fi_heads)
+            randoms = random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads, ablation.n_random,
+                                       ablation.seed, ablation.layer_matched, exclude=fi_heads)
             sets += [("random", i, s) for i, s in enumerate(randoms)]
-        keys = {"model": model["name"], "task": task, "variant": variant, **v.fields, "shots": int(shots)}
+        keys = {"model": model.name, "task": task, "variant": variant, **v.fields, "shots": int(shots)}
         rows = []
         baseline = None
-        for mode in ablation["modes"]:
+        for mode in ablation.modes:
             # the unablated scores are the same in every mode: scored with the first
             todo = [heads for kind, _, heads in sets if kind != "none" or baseline is None]
             scored = iter(ablated_scores_many(loaded, family, v, records, int(shots), todo, mode, batch_size))
@@ -253,8 +242,8 @@ def ablate(model: dict, task: str, variant: str, shots: int, dataset: str, heads
                 rows.append(row)
         out = pd.DataFrame(rows)
         write_parquet(out, output)
-        log.info("%s %s %s shots=%s: %d head sets x %d modes", model["name"], task, variant, shots, len(sets),
-                 len(ablation["modes"]))
+        log.info("%s %s %s shots=%s: %d head sets x %d modes", model.name, task, variant, shots, len(sets),
+                 len(ablation.modes))
         return out
 
 
@@ -280,17 +269,17 @@ def aggregate_ablation(cells: list[str], output: str) -> pd.DataFrame:
     return table
 
 
-def plot_heads(table: str, model_name: str, output: str, plots: dict) -> None:
+def plot_heads(table: str, model_name: str, output: str, plots: PlotParams) -> None:
     from fi.report.plots import plot_head_heatmaps
 
     df = pd.read_parquet(table)
-    plot_head_heatmaps(df[df["model"] == model_name], output, dpi=plots["dpi"])
+    plot_head_heatmaps(df[df["model"] == model_name], output, dpi=plots.dpi)
 
 
-def plot_ablation(table: str, output: str, plots: dict) -> None:
+def plot_ablation(table: str, output: str, plots: PlotParams) -> None:
     from fi.report.plots import plot_task_generalization
 
-    plot_task_generalization(pd.read_parquet(table), output, dpi=plots["dpi"])
+    plot_task_generalization(pd.read_parquet(table), output, dpi=plots.dpi)
 
 
 # ---- the circuit (issue: three head groups, circuit evaluation, cross-task overlap) ---------------
@@ -326,28 +315,27 @@ def check_ld_gap(what: str, cell: dict, ld_normal: float, ld_contrast: float, mi
                           "or prompts), give the heads in config, or lower min_ld_gap knowingly.")
 
 
-def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str, output: str, circuit: CircuitParams,
-                 explicit: dict | None = None, min_ld_gap: float = 0.5, device: str = "auto",
-                 threads: int | None = None) -> dict:
+def find_circuit(model: ModelSpec, task: str, variant: str, shots: int, dataset: str, output: str, circuit: CircuitParams,
+                 explicit: dict | None = None, min_ld_gap: float = 0.5, device: str = "auto") -> dict:
     """The circuit of one cell: iterated path patching from the output down, the three head groups
     (or the groups given in config) and every circuit head's numbers (drawn by `draw_circuit`)."""
     from fi.io import write_json
     from fi.methods import circuit as fc
 
     t0 = time.perf_counter()
-    with model_in_use(model, device, threads) as loaded:
+    with model_in_use(model, device) as loaded:
         cell = {"task": task, "variant": variant, "shots": int(shots)}
         cache, v = _circuit_cache(loaded, task, variant, shots, read_jsonl(dataset), circuit.max_examples,
                                   circuit.batch_size)
         if not explicit:
-            check_ld_gap(f"{model['name']}: circuit selection", cell, cache.mean_ld_normal, cache.mean_ld_contrast,
+            check_ld_gap(f"{model.name}: circuit selection", cell, cache.mean_ld_normal, cache.mean_ld_contrast,
                          min_ld_gap)
         selection = circuit.selection
         stats = fc.attention_statistics(loaded, cache)
         edges, direct = fc.iterated_path_patching(loaded, cache, selection, circuit.depth, circuit.inputs)
         found = fc.classify(edges, stats, circuit.attention_threshold)
         gap = ld_gap(cache.mean_ld_normal, cache.mean_ld_contrast)
-        result = {"model": model["name"], "cell": cell,
+        result = {"model": model.name, "cell": cell,
                   "n_layers": loaded.n_layers, "n_heads": loaded.n_heads, "n_examples": cache.data.size,
                   "n_dropped": cache.data.n_dropped, "ld_normal": cache.mean_ld_normal,
                   "ld_contrast": cache.mean_ld_contrast, "ld_gap": gap, "low_ld_gap": gap < min_ld_gap,
@@ -361,13 +349,13 @@ def find_circuit(model: dict, task: str, variant: str, shots: int, dataset: str,
                   "heads": [{"layer": layer, "head": head, "direct_effect": float(direct[layer, head]),
                              **stats[(layer, head)]} for layer in range(loaded.n_layers) for head in range(loaded.n_heads)]}
         write_json(result, output)
-        log.info("%s %s %s shots=%s: circuit %s (%.1fs)", model["name"], task, variant, shots, result["groups"],
+        log.info("%s %s %s shots=%s: circuit %s (%.1fs)", model.name, task, variant, shots, result["groups"],
                  time.perf_counter() - t0)
         return result
 
 
-def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, attention_plot: str,
-                 attention_html: str, circuit: CircuitParams, device: str = "auto", threads: int | None = None) -> None:
+def draw_circuit(model: ModelSpec, circuit_file: str, dataset: str, diagram: str, attention_plot: str,
+                 attention_html: str, circuit: CircuitParams, device: str = "auto") -> None:
     """A found circuit's diagram and its heads' attention views (apart from `find_circuit`, so that a
     plot edit reruns no path patching)."""
 
@@ -375,7 +363,7 @@ def draw_circuit(model: dict, circuit_file: str, dataset: str, diagram: str, att
 
     found = json.loads(Path(circuit_file).read_text())
     plot_circuit(found, diagram)
-    with model_in_use(model, device, threads) as loaded:
+    with model_in_use(model, device) as loaded:
         cell = found["cell"]
         cache, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], read_jsonl(dataset),
                                   circuit.max_examples, circuit.batch_size)
@@ -430,9 +418,8 @@ def heldout_records(task: str, variant: str, generation: dict, heldout: HeldOut,
     return [r for r in records if json.dumps(r, sort_keys=True) not in seen]
 
 
-def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, paper_json: str, circuit: CircuitParams,
-                     generation: dict, min_ld_gap: float = 0.5, device: str = "auto",
-                     threads: int | None = None) -> dict:
+def evaluate_circuit(model: ModelSpec, circuit_file: str, dataset: str, output: str, paper_json: str, circuit: CircuitParams,
+                     generation: dict, min_ld_gap: float = 0.5, device: str = "auto") -> dict:
     """The circuit of `circuit_file` evaluated as the paper does: faithfulness F(C) in-sample (the
     discovery prompts) and held out (circuit.heldout: by default 16 shots on 100 fresh prompts, the
     paper's setting), and the completeness search and minimality on the held-out prompts."""
@@ -442,7 +429,7 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
     t0 = time.perf_counter()
     found = json.loads(Path(circuit_file).read_text())
     cell = found["cell"]
-    with model_in_use(model, device, threads) as loaded:
+    with model_in_use(model, device) as loaded:
         records = read_jsonl(dataset)
         heldout = circuit.heldout
         in_sample, _ = _circuit_cache(loaded, cell["task"], cell["variant"], cell["shots"], records,
@@ -468,7 +455,7 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
         completeness = fc.completeness_search(loaded, held, groups, search.rollouts, search.steps, search.candidates,
                                               search.seed, search.n_random, search.random_size)
         minimal = fc.minimality(loaded, held, groups, [r["k"] for r in completeness["rollouts"]])
-        result = {"model": model["name"], "cell": cell,
+        result = {"model": model.name, "cell": cell,
                   "heldout_cell": {"task": cell["task"], "variant": cell["variant"], "shots": int(heldout.shots)},
                   "groups": groups,
                   "faithfulness": {"in_sample": faithfulness(in_sample), "heldout": faithfulness(held)},
@@ -478,15 +465,15 @@ def evaluate_circuit(model: dict, circuit_file: str, dataset: str, output: str, 
         write_json(fc.paper_completeness_json(completeness["rollouts"]), paper_json)
         f = result["faithfulness"]
         log.info("%s: F(C) %.3f in-sample (%d prompts, %d shots), %.3f held out (%d prompts, %d shots); completeness: "
-                 "%d distinct K, max |LD(C\\K) - LD(M\\K)| %.3f (%.1fs)", model["name"], f["in_sample"]["circuit"],
+                 "%d distinct K, max |LD(C\\K) - LD(M\\K)| %.3f (%.1fs)", model.name, f["in_sample"]["circuit"],
                  f["in_sample"]["n_examples"], cell["shots"], f["heldout"]["circuit"], f["heldout"]["n_examples"],
                  heldout.shots, completeness["n_distinct_k"],
                  max([r["difference"] for r in completeness["rollouts"]] or [0.0]), result["seconds"])
         return result
 
 
-def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], output: str, ablation: dict,
-                    batch_size: int = 64, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
+def circuit_overlap(model: ModelSpec, circuit_files: list[str], datasets: list[str], output: str, ablation: AblationParams,
+                    batch_size: int = 64, device: str = "auto") -> pd.DataFrame:
     """Per pair of families (A, B) of one model's circuits: the share of A's circuit heads in B's (per
     group and over all), and A's FI heads ablated on B's cell (patch from the normal prompt) against
     `ablation.n_random` random sets of the same size: the drop of cf_acc each causes."""
@@ -495,15 +482,15 @@ def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], 
     from fi.methods.ablation import ablated_scores_many, random_head_sets
 
     circuits = [json.loads(Path(p).read_text()) for p in circuit_files]
-    with model_in_use(model, device, threads) as loaded:
+    with model_in_use(model, device) as loaded:
         records = {c["cell"]["task"]: read_jsonl(d) for c, d in zip(circuits, datasets)}
         by_task = {c["cell"]["task"]: c for c in circuits}
         fi_heads, randoms = {}, {}
         for a, ca in by_task.items():
             fi_heads[a] = [tuple(h) for h in ca["groups"].get("function_induction", [])]
             try:
-                randoms[a] = (random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads[a], ablation["n_random"],
-                                               ablation["seed"], exclude=fi_heads[a]) if fi_heads[a] else [])
+                randoms[a] = (random_head_sets(loaded.n_layers, loaded.n_heads, fi_heads[a], ablation.n_random,
+                                               ablation.seed, exclude=fi_heads[a]) if fi_heads[a] else [])
             except ValueError:  # too few heads outside the set (a tiny model): no random baseline
                 randoms[a] = []
         rows = []
@@ -520,7 +507,7 @@ def circuit_overlap(model: dict, circuit_files: list[str], datasets: list[str], 
                 fi_drop = cf_base - next(cf) if fi_heads[a] else float("nan")
                 random_drops = [cf_base - next(cf) for _ in randoms[a]]
                 share = fc.overlap(ca["groups"], cb["groups"])
-                rows.append({"model": model["name"], "family_a": a, "family_b": b, "cell_b": cb["cell"]["variant"],
+                rows.append({"model": model.name, "family_a": a, "family_b": b, "cell_b": cb["cell"]["variant"],
                              **{f"overlap_{g}": x for g, x in share.items()}, "fi_heads_a": json.dumps(fi_heads[a]),
                              "cf_acc_b": cf_base, "fi_ablation_cf_drop": fi_drop,
                              "random_ablation_cf_drop": sum(random_drops) / len(random_drops) if random_drops
@@ -573,20 +560,20 @@ def aggregate_circuits(circuits: list[str], evaluations: list[str], overlaps: li
 
 
 def plot_circuits(evaluation_table: str, overlap_table: str, evaluation_plot: str, overlap_plot: str,
-                  plots: dict) -> None:
+                  plots: PlotParams) -> None:
     from fi.report.plots import plot_circuit_evaluation, plot_circuit_overlap
 
-    plot_circuit_evaluation(pd.read_parquet(evaluation_table), evaluation_plot, dpi=plots["dpi"])
-    plot_circuit_overlap(pd.read_parquet(overlap_table), overlap_plot, dpi=plots["dpi"])
+    plot_circuit_evaluation(pd.read_parquet(evaluation_table), evaluation_plot, dpi=plots.dpi)
+    plot_circuit_overlap(pd.read_parquet(overlap_table), overlap_plot, dpi=plots.dpi)
 
 
 # ---- function vectors (the paper's section 3) -------------------------------------------------------
 
-def function_vectors(model: dict, heads_file: str, datasets: list[str], output: str, params: dict,
-                     circuit_file: str | None = None, device: str = "auto", threads: int | None = None) -> pd.DataFrame:
-    """Function vectors (fi.methods.function_vectors): per offset k in params["offsets"] (its contrast prompts
+def function_vectors(model: ModelSpec, heads_file: str, datasets: list[str], output: str, params: FunctionVectorParams,
+                     circuit_file: str | None = None, device: str = "auto") -> pd.DataFrame:
+    """Function vectors (fi.methods.function_vectors): per offset k in params.offsets (its contrast prompts
     in datasets[i], in the same order), each head's mean output at the query, added at scale
-    params["scales"] to the naive prompts; for every vector set (fi.methods.function_vectors.vector_sets: the
+    params.scales to the naive prompts; for every vector set (fi.methods.function_vectors.vector_sets: the
     FI group of `circuit_file`'s circuit, or of `heads_file` where the circuit is off or its FI group
     empty, on the contrast and the normal prompts; the circuit's other groups), one row per (offset,
     head set, scale, input digit, output digit) with the digit logit's shift
@@ -595,37 +582,37 @@ def function_vectors(model: dict, heads_file: str, datasets: list[str], output: 
     from fi.engine.patching import build_patching_data
     from fi.methods.function_vectors import SHIFT_COLUMNS, function_vector_shifts, set_vectors, vector_sets
 
-    with model_in_use(model, device, threads) as loaded:
+    with model_in_use(model, device) as loaded:
         discovery = json.loads(Path(heads_file).read_text())["heads"]
         groups = json.loads(Path(circuit_file).read_text())["groups"] if circuit_file else None
         sets = vector_sets(discovery, groups)
         family = get_family("addition")
-        offsets = [int(k) for k in params["offsets"]]
+        offsets = [int(k) for k in params.offsets]
         if len(datasets) != len(offsets):
             raise ValueError(f"function_vectors: {len(datasets)} datasets for offsets {offsets}")
         t0 = time.perf_counter()
         vectors: list[dict] = [{} for _ in sets]
         n_prompts = {}
         for k, path in zip(offsets, datasets):
-            v = family.parse_variant(f"{params['setting']}_nmax{params['nmax']}_offset{k}")
-            data = build_patching_data(loaded, family, v, read_jsonl(path), int(params["shots"]), params["max_examples"])
-            for i, vecs in enumerate(set_vectors(loaded, data, sets, params["batch_size"])):
+            v = family.parse_variant(f"{params.setting}_nmax{params.nmax}_offset{k}")
+            data = build_patching_data(loaded, family, v, read_jsonl(path), params.shots, params.max_examples)
+            for i, vecs in enumerate(set_vectors(loaded, data, sets, params.batch_size)):
                 vectors[i][k] = vecs
             n_prompts[k] = data.size
         parts = []
         for s, vecs in zip(sets, vectors):
-            part = function_vector_shifts(loaded, vecs, s.heads, params["scales"])
+            part = function_vector_shifts(loaded, vecs, s.heads, params.scales)
             part["group"], part["prompts"], part["head_source"] = s.group, s.prompts, s.head_source
             parts.append(part)
         out = pd.concat(parts, ignore_index=True)
-        out.insert(0, "model", model["name"])
+        out.insert(0, "model", model.name)
         out["n_prompts"] = out["offset"].map(n_prompts)
-        out["setting"], out["nmax"], out["shots"] = params["setting"], int(params["nmax"]), int(params["shots"])
+        out["setting"], out["nmax"], out["shots"] = params.setting, params.nmax, params.shots
         out = out[SHIFT_COLUMNS]
         write_parquet(out, output)
-        log.info("%s: function vectors of %s at offsets %s, scales %s: %d rows, %.1fs", model["name"],
+        log.info("%s: function vectors of %s at offsets %s, scales %s: %d rows, %.1fs", model.name,
                  "; ".join(f"{s.group} ({s.prompts}, {s.head_source}) {list(s.heads)}" for s in sets), offsets,
-                 list(params["scales"]), len(out), time.perf_counter() - t0)
+                 list(params.scales), len(out), time.perf_counter() - t0)
         return out
 
 
@@ -640,9 +627,9 @@ def aggregate_function_vectors(tables: list[str], output: str, effects_output: s
     return table
 
 
-def plot_function_vectors(table: str, output: str, plots: dict) -> None:
+def plot_function_vectors(table: str, output: str, plots: PlotParams) -> None:
     from fi.methods.function_vectors import effects
     from fi.report.plots import plot_function_vectors as plot
 
     shifts = pd.read_parquet(table)
-    plot(shifts, effects(shifts), output, dpi=plots["dpi"])
+    plot(shifts, effects(shifts), output, dpi=plots.dpi)

@@ -6,10 +6,11 @@ target.
 Under the workflow profile's force-use-threads (profiles/default) a `run:` job is a thread of
 Snakemake's own process, one thread a job, so torch, transformers and TransformerLens are imported
 once per run, not once per job (4-5 s of a built-in-model job's 5-6 s, bench/bench_dag.py), and
-jobs of one model share its load (fi.engine.models.MODEL_CACHE). Everything that makes that safe for the
-workflow lives here: each job's log is the target of its thread only, and the first imports of
-torch and TransformerLens happen under a lock (common.smk's run_job says whether jobs share the
-process; a job of its own process imports only what its stage needs). Without
+jobs of one model share its load (fi.engine.models.MODEL_CACHE). Everything that makes that safe
+for the workflow lives here: each job's log is the target of its thread only, the first imports of
+torch and TransformerLens happen under a lock, and torch's thread count is set once per process
+(common.smk's run_job says whether jobs share the process; a job of its own process imports only
+what its stage needs). Without
 force-use-threads (profiles/processes, or a cluster's jobs) Snakemake starts a process per job, as
 for any `run:` rule.
 
@@ -20,6 +21,7 @@ in place."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 from contextlib import contextmanager
@@ -54,7 +56,9 @@ def run_job(rule: str, job: Job, share_process: bool = False) -> None:
     with job_log(job.log[0] if job.log else None):
         try:
             if share_process:
-                _import_model_libraries()
+                _import_model_libraries(job.threads)
+            else:
+                _own_process_threads(job.threads)
             adapter(job)
         except BaseException as err:
             log.exception("%s failed: %s: %s", rule, type(err).__name__, err)
@@ -70,20 +74,37 @@ def run_script(snakemake) -> None:
 _IMPORTS = threading.Lock()
 _imported = False
 
+# torch's intra-op thread count belongs to the process, not to a job: it is set here, once per
+# process, and no stage changes it. A job of its own process sets it to the job's `threads` before
+# torch is imported (through the environment, so a job that never imports torch pays nothing);
+# jobs that are threads of one process share the count the first of them set (every `run:` rule
+# asks for one thread, workflow/rules/*.smk), so no job changes it under another's feet.
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-def _import_model_libraries() -> None:
+
+def _import_model_libraries(threads: int) -> None:
     """Importing torch or transformers' lazy modules from two threads at once is not safe: the
-    first job imports them, alone."""
+    first job imports them, alone, and sets the process's torch threads to its own."""
     global _imported
     if _imported:
         return
     with _IMPORTS:
         if not _imported:
             import pandas  # noqa: F401
-            import torch  # noqa: F401
+            import torch
             import transformer_lens.model_bridge  # noqa: F401
 
+            torch.set_num_threads(max(1, int(threads)))
             _imported = True
+
+
+def _own_process_threads(threads: int) -> None:
+    threads = str(max(1, int(threads)))
+    if "torch" in sys.modules:  # imported already (a `script:` job's Snakemake preamble may)
+        sys.modules["torch"].set_num_threads(int(threads))
+    else:
+        for name in _THREAD_VARIABLES:
+            os.environ[name] = threads
 
 
 @contextmanager

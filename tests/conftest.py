@@ -93,3 +93,12 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def base_run(tmp_path_factory):
+    """The finished base grid of tests/grid_runs.py, run on first use in the session (a failure is
+    raised again to every test that asks for it, by pytest's fixture cache)."""
+    from tests.grid_runs import run_base_grid
+
+    return run_base_grid(tmp_path_factory.mktemp("base_run"))

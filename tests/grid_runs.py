@@ -1,5 +1,6 @@
-"""One tiny two-task grid, run once per test session and shared by the slow test modules
-(test_faults, test_incremental, test_report, test_slurm); tests that change anything work on a copy
+"""One tiny two-task grid, run once per test session (the session fixture `base_run`) and shared by
+the slow test modules (test_faults, test_incremental, test_report, test_slurm, test_evaluate_task);
+tests that change anything work on a copy
 (`copy_run`: mtimes and .snakemake/ kept), so the base run itself stays untouched."""
 
 from __future__ import annotations
@@ -30,24 +31,12 @@ BASE_CONFIG = {
 }
 TABLES = ("accuracy", "predictions", "head_attribution", "ablation")
 
-_runs: dict[str, Path] = {}
-_failed: dict[str, BaseException] = {}
-
-
-def base_run(tmp_path_factory) -> Path:
-    """The finished base grid (run on first use in the session)."""
-    if "base" in _failed:
-        raise RuntimeError("the shared base run failed earlier in this session") from _failed["base"]
-    if "base" not in _runs:
-        workdir = tmp_path_factory.mktemp("base_run")
-        write_config(workdir, BASE_CONFIG)
-        try:
-            snakemake(workdir)
-        except BaseException as err:
-            _failed["base"] = err
-            raise
-        _runs["base"] = workdir
-    return _runs["base"]
+def run_base_grid(workdir: Path) -> Path:
+    """Run the base grid in `workdir`. The slow modules share one finished run through the
+    session fixture `base_run` (tests/conftest.py), which calls this once."""
+    write_config(workdir, BASE_CONFIG)
+    snakemake(workdir)
+    return workdir
 
 
 def copy_run(src: Path, dst: Path) -> Path:

@@ -131,6 +131,7 @@ def test_random_head_sets_are_distinct_while_distinct_sets_remain():
 
 def test_ablate_stage_writes_the_four_accuracies(trained_toy_dir, fi_heads, tmp_path):
     from fi.io import write_jsonl
+    from fi.plan.params import AblationParams, ModelSpec
     from fi.stages import ablate
 
     v, records = cell()
@@ -138,9 +139,8 @@ def test_ablate_stage_writes_the_four_accuracies(trained_toy_dir, fi_heads, tmp_
     write_jsonl(records[:20], dataset)
     heads_file = tmp_path / "heads.json"
     heads_file.write_text(json.dumps({"heads": [list(h) for h in fi_heads]}))
-    out = ablate({"name": "fi-toy", "path": str(trained_toy_dir), "dtype": "float32"}, "addition", v.name, 8,
-                 str(dataset), str(heads_file), str(tmp_path / "a.parquet"),
-                 {"modes": ["patch", "zero"], "n_random": 2, "seed": 0, "layer_matched": False}, device="cpu")
+    out = ablate(ModelSpec("fi-toy", str(trained_toy_dir)), "addition", v.name, 8, str(dataset), str(heads_file),
+                 str(tmp_path / "a.parquet"), AblationParams(modes=("patch", "zero"), n_random=2), device="cpu")
     assert sorted(set(out["head_set"])) == ["fi", "none", "random"]
     assert len(out) == 2 * (1 + 1 + 2)
     for acc in ("normal_acc", "normal_on_contrast_acc", "cf_acc", "orig_acc"):

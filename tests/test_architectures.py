@@ -116,6 +116,7 @@ def test_path_patching_to_the_output_equals_the_papers_loop(arch):
     assert on_ld_scale(hooked.path_patching("output"), ref, patcher) <= TOL, name
 
 
+@pytest.mark.slow
 def test_path_patching_to_head_inputs_equals_the_papers_loop_on_the_ungrouped_model(arch, tmp_path):
     name, path, model, data = arch
     patcher = Patcher(model, data, batch_size=3, rows_per_pass=8)

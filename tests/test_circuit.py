@@ -10,7 +10,7 @@ import torch
 
 from fi.engine.patching import build_cache, build_patching_data, logit_diff, z_hook
 from fi.methods import circuit as fc
-from fi.plan.params import CircuitParams, Completeness, HeldOut
+from fi.plan.params import CircuitParams, Completeness, HeldOut, ModelSpec
 from fi.plan.tasks import get_family
 
 ADDITION = get_family("addition")
@@ -238,11 +238,10 @@ def test_discovered_circuit_holds_the_head_that_restores_the_plain_answer(toy, t
     params = CircuitParams(depth=2, inputs=("v",), attention_threshold=0.2, max_examples=24, batch_size=8,
                            heldout=HeldOut(shots=8, max_examples=16, seed=None),
                            completeness=Completeness(rollouts=2, steps=2, candidates=2, seed=0, n_random=2, random_size=2))
-    model = {"name": "fi-toy", "path": str(trained_toy_dir), "dtype": "float32"}
-    out = find_circuit(model, "addition", v.name, 4, str(dataset), str(tmp_path / "c.json"), params, device="cpu",
-                       threads=1)
+    model = ModelSpec("fi-toy", str(trained_toy_dir))
+    out = find_circuit(model, "addition", v.name, 4, str(dataset), str(tmp_path / "c.json"), params, device="cpu")
     draw_circuit(model, str(tmp_path / "c.json"), str(dataset), str(tmp_path / "d.png"), str(tmp_path / "a.png"),
-                 str(tmp_path / "a.html"), params, device="cpu", threads=1)
+                 str(tmp_path / "a.html"), params, device="cpu")
     fi_heads = [tuple(h) for h in out["groups"]["function_induction"]]
     assert fi_heads
     restored = {h: float(ablated_scores(toy, ADDITION, v, records, 4, [h], "patch")["orig_correct"].mean())
@@ -254,7 +253,7 @@ def test_discovered_circuit_holds_the_head_that_restores_the_plain_answer(toy, t
     assert (tmp_path / "d.png").stat().st_size > 0 and "<html>" in (tmp_path / "a.html").read_text()
     generation = {"n_examples": 40, "n_demos": 32, "seed": 42}
     ev = evaluate_circuit(model, str(tmp_path / "c.json"), str(dataset), str(tmp_path / "e.json"),
-                          str(tmp_path / "p.json"), params, generation, device="cpu", threads=1)
+                          str(tmp_path / "p.json"), params, generation, device="cpu")
     for sample in ("in_sample", "heldout"):
         assert ev["faithfulness"][sample]["model"] == pytest.approx(1.0, abs=1e-5)
         assert ev["faithfulness"][sample]["empty"] == pytest.approx(0.0, abs=1e-5)
@@ -282,9 +281,8 @@ def test_planted_roles_are_recovered(tmp_path, one_torch_thread):
         selection={}, depth=3, inputs=["v", "k", "q"], attention_threshold=0.2, max_examples=16, batch_size=8,
         heldout=dict(shots=8, max_examples=16, seed=None),
         completeness=dict(rollouts=2, steps=2, candidates=2, seed=0, n_random=2, random_size=2)))
-    model = {"name": "planted", "path": str(path), "dtype": "float32"}
-    out = find_circuit(model, "addition", v.name, 4, str(dataset), str(tmp_path / "c.json"), params, device="cpu",
-                       threads=1)
+    model = ModelSpec("planted", str(path))
+    out = find_circuit(model, "addition", v.name, 4, str(dataset), str(tmp_path / "c.json"), params, device="cpu")
     assert out["groups"] == PLANTED and out["other"] == []
     assert {(tuple(e["sender"]), e["receiver"]) for e in out["edges"]} == {((2, 0), "output"), ((1, 0), "2.0.v"),
                                                                           ((0, 0), "1.0.v")}
@@ -292,7 +290,7 @@ def test_planted_roles_are_recovered(tmp_path, one_torch_thread):
     stats = {(h["layer"], h["head"]): h for h in out["heads"]}
     assert stats[(0, 1)]["answer_to_previous"] >= 0.2 and stats[(1, 1)]["read_to_demo_answers"] >= 0.2
     ev = evaluate_circuit(model, str(tmp_path / "c.json"), str(dataset), str(tmp_path / "e.json"),
-                          str(tmp_path / "p.json"), params, PARAMS, device="cpu", threads=1)
+                          str(tmp_path / "p.json"), params, PARAMS, device="cpu")
     # the planted circuit carries the whole effect, on the discovery prompts and on held-out ones
     assert ev["faithfulness"]["in_sample"]["circuit"] == pytest.approx(1.0, abs=1e-4)
     assert ev["faithfulness"]["heldout"]["circuit"] == pytest.approx(1.0, abs=1e-4)

@@ -101,9 +101,9 @@ def test_an_edit_changes_the_hashes_of_exactly_the_rules_that_run_it(package_cop
 
     def edit_plot_heads():
         text = stages.read_text()
-        assert text.count("plots: dict) -> None:\n    from fi.report.plots import plot_head_heatmaps") == 1
-        old = "plots: dict) -> None:\n    from fi.report.plots import plot_head_heatmaps"
-        stages.write_text(text.replace(old, old.replace("dict)", "dict, edited=None)"), 1))
+        assert text.count("plots: PlotParams) -> None:\n    from fi.report.plots import plot_head_heatmaps") == 1
+        old = "plots: PlotParams) -> None:\n    from fi.report.plots import plot_head_heatmaps"
+        stages.write_text(text.replace(old, old.replace("PlotParams)", "PlotParams, edited=None)"), 1))
     assert changed_by(edit_plot_heads) == {"plot_heads"}
 
 

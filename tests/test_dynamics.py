@@ -429,6 +429,7 @@ def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(t
     import pandas as pd
 
     from fi.methods.dynamics import aggregate_dynamics, measure_checkpoint
+    from fi.plan.params import AttributionParams, HeadTypeParams, ModelSpec
     from fi.report.plots import plot_model_dynamics
     from fi.stages import attribute, evaluate, head_types, make_dataset
 
@@ -446,16 +447,17 @@ def test_progress_measures_of_the_final_checkpoint_equal_the_grids_attribution(t
         outs.append(tmp_path / f"step{step}.parquet")
         measure_checkpoint(str(model_dir), step, cfg, [cell], [str(dataset)], ht, params, keys, str(outs[-1]))
     final = pd.read_parquet(outs[-1])
-    model = {"name": "fi-toy", "path": str(model_dir), "dtype": "float32"}
+    model = ModelSpec("fi-toy", str(model_dir), "float32")
+    attribution = AttributionParams(methods=("path",), receivers=("output",), position_groups=False, **params)
     grid_attr = attribute(model, "addition", cell["variant"], 4, str(dataset), str(tmp_path / "attr.parquet"),
-                          {"methods": ["path"], "receivers": ["output"], "position_groups": False, **params}, device="cpu")
+                          attribution, device="cpu")
     ours = final[final["measure"] == "path_output"].set_index(["layer", "head"])["value"]
     theirs = grid_attr.set_index(["layer", "head"])["score"]
     assert len(ours) == 8 and ours.sort_index().equals(theirs.sort_index())
     scores = evaluate(model, "addition", cell["variant"], 4, str(dataset), str(tmp_path / "eval.parquet"), device="cpu")
     val = final.set_index("measure")["value"]
     assert val["cf_acc"] == scores["cf_correct"].mean() and val["orig_acc"] == scores["orig_correct"].mean()
-    types = head_types(model, str(tmp_path / "types.parquet"), ht, device="cpu")
+    types = head_types(model, str(tmp_path / "types.parquet"), HeadTypeParams(**ht), device="cpu")
     ind = final[final["measure"] == "induction_score"].set_index(["layer", "head"])["value"].sort_index()
     assert ind.equals(types.set_index(["layer", "head"])["induction_score"].sort_index())
     att = final[final["measure"] == "attn_query_answers"]["value"]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fi.plan.grid import PATHS
-from tests.grid_runs import base_run, copy_run, dry_run, read_table
+from tests.grid_runs import copy_run, dry_run, read_table
 from tests.workflow_helpers import snakemake
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ def task_output(task: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return base_run(tmp_path_factory)
+def base(base_run):
+    return base_run
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import pytest
 
 from fi.io import atomic_dir, atomic_path, write_parquet
 from tests.conftest import REPO, save_random_checkpoint
-from tests.grid_runs import BASE_CONFIG, TABLES, base_run, dry_run, read_table, tmp_leftovers
+from tests.grid_runs import BASE_CONFIG, TABLES, dry_run, read_table, tmp_leftovers
 from tests.workflow_helpers import snakemake, write_config
 
 CELL = "addition/setting1_nmax9_offset1/shots2"
@@ -91,8 +91,8 @@ def _finished_rules(log_text: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return base_run(tmp_path_factory)
+def base(base_run):
+    return base_run
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ the null cases, the derived measures and the stage's table."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pandas as pd
@@ -165,10 +166,8 @@ def test_vector_sets_come_from_the_circuit_else_the_discovery_heads():
 
 @pytest.mark.parametrize("residual_readout", [True, False])
 def test_shifts_match_the_reference(tiny_llama, residual_readout, monkeypatch):
-    import fi.methods.function_vectors as fv
-
-    if not residual_readout:  # the full-logits route
-        monkeypatch.setattr(fv, "residual_readout_holds", lambda *a, **k: False)
+    if not residual_readout:  # the full-logits route, as if the model's route check had failed
+        monkeypatch.setattr(tiny_llama, "residual_readout", False)
     vectors = {k: function_vectors(tiny_llama, patching_data(tiny_llama, k), HEADS) for k in OFFSETS}
     got = function_vector_shifts(tiny_llama, vectors, HEADS, SCALES, rows_per_pass=40)
     want = reference_shifts(tiny_llama)
@@ -241,6 +240,7 @@ def test_plus_j_effect_and_shares():
 
 def test_stage_writes_the_documented_table(tiny_llama_dir, tmp_path):
     from fi.io import write_jsonl
+    from fi.plan.params import FunctionVectorParams, ModelSpec, PlotParams
     from fi.stages import aggregate_function_vectors, plot_function_vectors
     from fi.stages import function_vectors as stage
 
@@ -254,10 +254,10 @@ def test_stage_writes_the_documented_table(tiny_llama_dir, tmp_path):
         path = tmp_path / f"setting1_nmax9_offset{k}.jsonl"
         write_jsonl(records(k, 4), path)
         datasets.append(str(path))
-    params = {"offsets": [-1, 2], "setting": "setting1", "nmax": 9, "shots": 2, "scales": [0, 1],
-              "max_examples": 3, "batch_size": 2}
+    params = FunctionVectorParams(offsets=(-1, 2), setting="setting1", nmax=9, shots=2, scales=(0, 1),
+                                  max_examples=3, batch_size=2)
     out = tmp_path / "fv" / "tiny.parquet"
-    model = {"name": "tiny-llama", "path": str(tiny_llama_dir), "dtype": "float32"}
+    model = ModelSpec("tiny-llama", str(tiny_llama_dir))
     stage(model, str(heads_file), datasets, str(out), params, circuit_file=str(circuit_file), device="cpu")
     df = pd.read_parquet(out)
     assert list(df.columns) == SHIFT_COLUMNS
@@ -285,13 +285,14 @@ def test_stage_writes_the_documented_table(tiny_llama_dir, tmp_path):
     # shares are of each set's own all-heads effect: every set's shares are there, and add up per set
     at_k = eff[(eff["measured_offset"] == eff["offset"]) & (eff["heads"] == ALL) & (eff["scale"] == 1)]
     assert len(at_k) == 4 * 2 and at_k["share_sum"].notna().all()
-    plot_function_vectors(str(out), str(tmp_path / "fv.png"), {"dpi": 50})
+    plot_function_vectors(str(out), str(tmp_path / "fv.png"), PlotParams(dpi=50))
     assert (tmp_path / "fv.png").stat().st_size > 5_000
 
     # the fallback: no circuit (stage off), or an empty FI group: the discovery heads, labelled so
     circuit_file.write_text(json.dumps({"groups": {**groups, "function_induction": []}}))
     for circuit in (str(circuit_file), None):
-        stage(model, str(heads_file), datasets, str(out), {**params, "scales": [1]}, circuit_file=circuit, device="cpu")
+        stage(model, str(heads_file), datasets, str(out), dataclasses.replace(params, scales=(1,)),
+              circuit_file=circuit, device="cpu")
         df = pd.read_parquet(out)
         fi_rows = df[df["group"] == FI]
         assert set(fi_rows["heads"]) == {"L0H1", "L1H3", ALL} and (fi_rows["head_source"] == "discovery").all()

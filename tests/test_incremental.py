@@ -27,7 +27,7 @@ from fi.plan.grid import (
     heads_path,
 )
 from tests.conftest import REPO
-from tests.grid_runs import BASE_CONFIG, base_run, copy_run, dry_run, list_changes
+from tests.grid_runs import BASE_CONFIG, copy_run, dry_run, list_changes
 
 pytestmark = pytest.mark.slow
 
@@ -72,8 +72,8 @@ FULL = {
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
-    return base_run(tmp_path_factory)
+def base(base_run):
+    return base_run
 
 
 @pytest.fixture

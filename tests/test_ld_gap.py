@@ -8,12 +8,14 @@ import pandas as pd
 import pytest
 
 from fi.io import write_jsonl
-from fi.plan.params import HeldOut
+from fi.plan.params import DiscoveryParams, HeldOut, ModelSpec
 from fi.plan.tasks import get_family
 from fi.stages import LowGapError, aggregate_attribution, discover_heads, heldout_records
 
 CELL = {"task": "addition", "variant": "setting1_nmax9_offset1", "shots": 4}
-DISCOVERY = {"cell": CELL, "method": "path", "criterion": "top_k", "top_k": 1, "threshold": 0.2}
+DISCOVERY = DiscoveryParams.from_config({"cell": CELL, "method": "path", "criterion": "top_k", "top_k": 1,
+                                         "threshold": 0.2})
+MODEL = ModelSpec("m", "unused")
 
 
 def attribution_table(path, ld_normal: float, ld_contrast: float) -> str:
@@ -27,10 +29,10 @@ def attribution_table(path, ld_normal: float, ld_contrast: float) -> str:
 def test_discovery_refuses_a_cell_whose_gap_is_below_the_floor(tmp_path):
     table = attribution_table(tmp_path / "a.parquet", 0.741, 0.618)  # Gemma-3-270M's discovery cell
     with pytest.raises(LowGapError, match=r"addition setting1_nmax9_offset1 shots=4 .* 0\.1230 logits.*min_ld_gap"):
-        discover_heads({"name": "m"}, str(tmp_path / "h.json"), DISCOVERY, attribution=table, min_ld_gap=0.5)
+        discover_heads(MODEL, str(tmp_path / "h.json"), DISCOVERY, attribution=table, min_ld_gap=0.5)
     assert not (tmp_path / "h.json").exists()
     # the same scores on a cell the model does: chosen
-    out = discover_heads({"name": "m"}, str(tmp_path / "h.json"), DISCOVERY,
+    out = discover_heads(MODEL, str(tmp_path / "h.json"), DISCOVERY,
                          attribution=attribution_table(tmp_path / "b.parquet", 3.0, -2.0), min_ld_gap=0.5)
     assert out["heads"] == [[0, 3]]
 

@@ -68,7 +68,9 @@ def test_evaluation_jobs_of_one_process_share_one_load_and_score_as_a_fresh_load
     import fi.engine.models
 
     family = get_family("addition")
-    entry = {"name": "tiny", "path": str(tiny_llama_dir), "dtype": "float32"}
+    from fi.plan.params import ModelSpec
+
+    entry = ModelSpec("tiny", str(tiny_llama_dir))
     tables = []
     for k in (1, 2):
         variant = f"setting1_nmax9_offset{k}"

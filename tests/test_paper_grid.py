@@ -19,6 +19,7 @@ import fi.plan.hub as hub
 import fi.plan.resources as resources
 from fi.plan.config import validate_config
 from fi.plan.grid import ConfigError
+from fi.plan.params import PlotParams
 from tests.conftest import REFERENCE, REPO
 from tests.workflow_helpers import TINY_CONFIG, scheduled_jobs, snakemake, write_config
 
@@ -81,6 +82,7 @@ def test_paper_addition_cells_are_the_papers(monkeypatch):
     assert ours == theirs and len(ours) == 705
 
 
+@pytest.mark.slow
 def test_configfile_replaces_config_yaml(tmp_path, tiny_gpt2_dir):
     # config.yaml in the working folder names the built-in model; --configfile other.yaml must not
     # merge it in (no training job, no fi-toy cells)
@@ -107,6 +109,7 @@ def test_paper_dag_builds_offline_with_only_the_papers_models(tmp_path):
 
 # ---- model names: a clear error before any job ------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["hub", "folder", "no_weights"])
 def test_bad_model_stops_snakemake_before_any_job(tmp_path, kind):
     empty = tmp_path / "empty"
@@ -224,7 +227,7 @@ def test_plot_stage_overlays_the_papers_reference(tmp_path):
     table = tmp_path / "accuracy.parquet"
     ours.to_parquet(table)
     out = tmp_path / "accuracy_addition.png"
-    plot_accuracy(str(table), "addition", str(out), {"dpi": 60, "reference": str(REFERENCE_CSV)})
+    plot_accuracy(str(table), "addition", str(out), PlotParams(dpi=60, reference=str(REFERENCE_CSV)))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
 
 
@@ -265,6 +268,7 @@ open(snakemake.output[0], "w").write(str(bs))
 '''
 
 
+@pytest.mark.slow
 def test_cuda_oom_is_retried_with_a_halved_batch(tmp_path):
     """A job that runs out of GPU memory at batch size > 16 succeeds on its third attempt (64, 32,
     16) under the default profile's retries, with the batch_size resource line of the real rules."""

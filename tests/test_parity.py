@@ -40,6 +40,7 @@ def test_half_precision_is_compared_in_that_dtype(checkpoints):
     assert row["argmax_agreement"] >= 0.9
 
 
+@pytest.mark.slow
 def test_cli_writes_one_row_per_model_and_dtype(checkpoints, tmp_path, capsys):
     config = {"models": {f"tiny-{a}": {"path": str(p), "device": "cpu"} for a, p in checkpoints.items()},
               "tasks": {"addition": {"settings": ["setting1"], "nmax": [9], "offsets": [1]}}}
@@ -69,6 +70,7 @@ def test_cli_names_the_problem(tmp_path, capsys, monkeypatch):
         main(["parity", "--config", str(tmp_path / "none.yaml")])
 
 
+@pytest.mark.slow
 def test_python_dash_m_fi_runs_the_command():
     # `fi` alone is a shell keyword in bash / zsh; `python -m fi` is the portable spelling
     import subprocess

@@ -138,6 +138,40 @@ def test_activation_patching_equals_transformer_lens(model):
     assert scaled_close(ours, patcher.normalise(torch.as_tensor(theirs).cpu()), patcher)
 
 
+def test_the_metric_is_a_parameter_of_every_method(model):
+    """A cache built with another metric (here the normal answer's logit alone) is read through it by
+    every method: activation patching equals TransformerLens' helper given that metric, and path
+    patching to the output equals the paper's loop read with it, on both routes."""
+    import transformer_lens.patching as tlp
+
+    from fi.engine.patching import build_cache, path_patching
+
+    data = data_for(model)
+
+    def normal_logit(compared):
+        return compared[:, 0]
+
+    patcher = Patcher(model, data, batch_size=3, rows_per_pass=5, metric=normal_logit)
+    ours = patcher.activation_patching()
+    _, clean_cache = model.bridge.run_with_cache(data.normal)
+    rows = torch.arange(data.size)
+
+    def metric(logits):
+        return logits[rows, data.last, data.normal_answer].mean()
+
+    theirs = torch.as_tensor(tlp.get_act_patch_attn_head_out_all_pos(model.bridge, data.contrast, clean_cache, metric))
+    with torch.inference_mode():
+        assert patcher.ld_contrast == pytest.approx(float(metric(model.bridge(data.contrast))), abs=TOL)
+        assert patcher.ld_normal == pytest.approx(float(metric(model.bridge(data.normal))), abs=TOL)
+    assert scaled_close(ours, patcher.normalise(theirs.cpu()), patcher)
+    assert not scaled_close(ours, Patcher(model, data, batch_size=3).activation_patching(), patcher)
+    ref = reference_path_patching(model, data, "output", batch=4, metric=normal_logit)
+    for residual_readout in (True, False):
+        route = patcher.route.__class__(residual_readout, patcher.route.analytic_output_path)
+        cache = build_cache(model, data, route, batch_size=3, metric=normal_logit)
+        assert scaled_close(path_patching(model, cache, "output", rows_per_pass=8), ref, patcher)
+
+
 @pytest.mark.parametrize("group", POSITION_GROUPS)
 def test_activation_patching_by_position_group_equals_reference(model, group):
     data = data_for(model)

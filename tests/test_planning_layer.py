@@ -55,3 +55,14 @@ def test_each_layer_imports_only_the_layers_before_it():
                     wrong.append(f"{path.relative_to(REPO)} imports {name}")
     assert {p.parent.name for p in (REPO / "fi").glob("*/__init__.py")} == set(LAYERS)
     assert wrong == []
+
+
+def test_the_oracle_imports_nothing_of_the_engine():
+    """fi.engine.reference is the yardstick the engine's tests compare with: it writes its hooks,
+    receivers and metric itself, so a bug in the engine cannot pass into both."""
+    import ast
+
+    tree = ast.parse((REPO / "fi" / "engine" / "reference.py").read_text())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+    assert not {m for m in imported if m.startswith("fi")}, imported

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from fi.plan.config import validate_config
-from tests.grid_runs import BASE_CONFIG, base_run, copy_run
+from tests.grid_runs import BASE_CONFIG, copy_run
 from tests.workflow_helpers import snakemake
 
 pytestmark = pytest.mark.slow
@@ -39,8 +39,8 @@ def _text(fragment: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    run = copy_run(base_run(tmp_path_factory), tmp_path_factory.mktemp("report") / "run")
+def report(tmp_path_factory, base_run):
+    run = copy_run(base_run, tmp_path_factory.mktemp("report") / "run")
     proc = snakemake(run, "--report", "report.html")
     assert "Report created" in proc.stdout + proc.stderr
     return run, (run / "report.html").read_text()

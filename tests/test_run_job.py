@@ -21,6 +21,45 @@ from tests.conftest import REPO
 from tests.test_plots import our_table
 
 
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """run_job sets torch's thread count of the process it runs in (this one, here): put it back."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_torch_threads_are_set_once_per_process():
+    """A job of its own process gets its `threads` through the environment before anything imports
+    torch (a job that never imports torch does not pay for it); jobs that share the process take the
+    count the first of them set, and no later job changes it."""
+    import subprocess
+
+    code = """
+import sys
+from types import SimpleNamespace
+from fi_workflow import jobs
+from fi_workflow.run import Job, run_job
+seen = []
+jobs.probe = lambda job: seen.append(("torch" in sys.modules, __import__("os").environ.get("OMP_NUM_THREADS")))
+def job(threads):
+    return Job([], [], SimpleNamespace(), SimpleNamespace(), threads, SimpleNamespace(), [])
+run_job("probe", job(1))
+import torch
+print(seen[0], torch.get_num_threads())
+jobs.shared = lambda job: seen.append(torch.get_num_threads())
+run_job("shared", job(2), share_process=True)
+run_job("shared", job(5), share_process=True)
+print(seen[1:])
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    assert out.stdout.split("\n")[:2] == ["(False, '1') 1", "[2, 2]"], out.stdout + out.stderr
+
+
 def test_the_processes_profile_is_the_default_one_without_threads():
     default = yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())
     processes = yaml.safe_load((REPO / "profiles/processes/config.yaml").read_text())

@@ -22,7 +22,7 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
-from tests.grid_runs import BASE_CONFIG, TABLES, base_run, read_table
+from tests.grid_runs import BASE_CONFIG, TABLES, read_table
 from tests.workflow_helpers import write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]
@@ -134,17 +134,16 @@ def _job_block(log_text: str, rule: str) -> str:
     return m.group(1)
 
 
-def test_training_used_the_same_threads_as_the_local_run(slurm_run, tmp_path_factory):
+def test_training_used_the_same_threads_as_the_local_run(slurm_run, base_run):
     """Training is deterministic for a fixed thread count: the SLURM job ran train_model with the
     threads of the local run (the rule's `threads: 2`; one and two threads train bit-identical
     weights, tests/test_dynamics.py)."""
     (log,) = (slurm_run["workdir"] / ".snakemake/slurm_logs/rule_train_model").rglob("*.log")
     assert "    threads: 2" in _job_block(log.read_text(), "train_model")
-    (local_log,) = (base_run(tmp_path_factory) / ".snakemake/log").glob("*.snakemake.log")
+    (local_log,) = (base_run / ".snakemake/log").glob("*.snakemake.log")
     assert "    threads: 2" in _job_block(local_log.read_text(), "train_model")
 
 
 @pytest.mark.parametrize("table", TABLES)
-def test_the_tables_equal_the_local_run(slurm_run, tmp_path_factory, table):
-    base = base_run(tmp_path_factory)
-    pd.testing.assert_frame_equal(read_table(slurm_run["workdir"], table), read_table(base, table), check_exact=True)
+def test_the_tables_equal_the_local_run(slurm_run, base_run, table):
+    pd.testing.assert_frame_equal(read_table(slurm_run["workdir"], table), read_table(base_run, table), check_exact=True)

@@ -62,6 +62,9 @@ class LoadedModel:
     # held by the job that uses the model (ModelCache.use): hooks and interventions are added to the
     # model for the duration of a run, so two jobs never run it at once
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
+    # whether the compared tokens' logits may be read from the final residual stream
+    # (fi.engine.readout.readout_holds): checked once, on the first batch read, None until then
+    residual_readout: bool | None = field(default=None, repr=False, compare=False)
 
     @property
     def n_layers(self) -> int:

@@ -7,10 +7,13 @@ specialisations, each a function of (model, cache, interventions, metric).
 Conventions (the paper's, section 2):
   * A *normal* prompt shows the plain function (a+b); its *contrast* prompt the same demos shifted
     (a+b+k). Patches copy activations from the normal run into the contrast run.
-  * The metric is the logit difference at the first answer token, normal-answer logit minus
-    contrast-answer logit, averaged over examples: LD. Where the two answers share leading tokens
-    (a character tokenizer spells ' b' / ' c' as [' ', 'b'] / [' ', 'c']), both prompts go on with
-    that common prefix and LD is read at the first token where the answers differ
+  * The metric is a parameter (`Metric`, fixed when a `RunCache` is built, read by every method on
+    it): a function of the two answers' logits at the read position. The paper's, and the default,
+    is the logit difference at the first answer token, normal-answer logit minus contrast-answer
+    logit, averaged over examples: LD (the names below say LD for whatever metric the cache
+    reads). Where the two answers share leading tokens (a character tokenizer spells ' b' / ' c'
+    as [' ', 'b'] / [' ', 'c']), both prompts go on with that common prefix and LD is read at the
+    first token where the answers differ
     (fi.engine.answers.first_difference; evaluation's logit differences use the same position).
   * A patched run's score is normalised as (LD_patched - LD_contrast) / (LD_contrast - LD_normal):
     0 means no effect, -1 means the patch fully restores the normal behaviour (answering a+b).
@@ -28,7 +31,7 @@ never differ (offset 0), carry no signal and are dropped; the count dropped is r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -38,7 +41,15 @@ from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
 from fi.engine.answers import AnswerTokenizationError, answer_token_ids, first_difference
 from fi.engine.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
-from fi.engine.readout import FINAL_RESID, ROUTE_RTOL, run_hooked, run_to_final_resid, unembed_tokens
+from fi.engine.readout import (
+    FINAL_RESID,
+    ROUTE_RTOL,
+    capture,
+    compared_logits,
+    record_readout,
+    run_hooked,
+    unembed_tokens,
+)
 from fi.io import progress
 
 RECEIVER_OUTPUT = "output"
@@ -47,6 +58,7 @@ Head = tuple[int, int]
 
 __all__ = ["POSITION_GROUPS", "PatchingData", "Receiver", "Route", "RunCache", "Patcher", "activation_patching",
            "attribution_patching", "build_cache", "build_normal_cache", "build_patching_data", "logit_diff",
+           "logit_difference", "Metric",
            "patched_effect", "path_patching", "qkv_hook", "run_with_interventions", "z_hook"]
 
 
@@ -175,6 +187,21 @@ def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Te
             - final.gather(1, contrast_answer.to(logits.device)[:, None]))[:, 0]
 
 
+# A metric: the two compared tokens' logits at each row's read position, [N, 2] (normal answer,
+# contrast answer), -> one number per row [N]. Every method reads its runs through the cache's metric
+# (RunCache.metric); the paper's, and the default, is the logit difference.
+Metric = Callable[[torch.Tensor], torch.Tensor]
+
+
+def logit_difference(compared: torch.Tensor) -> torch.Tensor:
+    """The paper's metric, LD: normal-answer logit minus contrast-answer logit."""
+    return compared[:, 0] - compared[:, 1]
+
+
+def _compared(normal_answer: torch.Tensor, contrast_answer: torch.Tensor) -> torch.Tensor:
+    return torch.stack([normal_answer, contrast_answer], 1)
+
+
 # ---- the route: how this model is read, decided once -----------------------------------------------
 
 @dataclass(frozen=True)
@@ -193,10 +220,9 @@ class Route:
 
 
 def _ld_from_resid(model, resid_last: torch.Tensor, normal_answer: torch.Tensor,
-                   contrast_answer: torch.Tensor) -> torch.Tensor:
-    """LD per row from final-residual vectors at the read position [N, d_model]."""
-    logits = unembed_tokens(model, resid_last, torch.stack([normal_answer, contrast_answer], 1))
-    return logits[:, 0] - logits[:, 1]
+                   contrast_answer: torch.Tensor, metric: Metric = logit_difference) -> torch.Tensor:
+    """The metric per row from final-residual vectors at the read position [N, d_model]."""
+    return metric(unembed_tokens(model, resid_last, _compared(normal_answer, contrast_answer)))
 
 
 def _post_norm(block, name: str):
@@ -231,16 +257,16 @@ def _mlp_write(block, resid: torch.Tensor) -> torch.Tensor:
 
 
 def _final_ld(model, resid: torch.Tensor, normal_answer: torch.Tensor, contrast_answer: torch.Tensor,
-              residual_readout: bool) -> torch.Tensor:
-    """LD per row from final-residual vectors [N, d_model], by the route's reader."""
+              residual_readout: bool, metric: Metric = logit_difference) -> torch.Tensor:
+    """The metric per row from final-residual vectors [N, d_model], by the route's reader."""
     if residual_readout:
-        return _ld_from_resid(model, resid, normal_answer, contrast_answer)
-    logits = model.bridge.unembed(model.bridge.ln_final(resid[:, None]))
-    return logit_diff(logits, torch.zeros(len(resid), dtype=torch.long), normal_answer, contrast_answer)
+        return _ld_from_resid(model, resid, normal_answer, contrast_answer, metric)
+    logits = model.bridge.unembed(model.bridge.ln_final(resid[:, None]))[:, 0]
+    return metric(logits.gather(1, _compared(normal_answer, contrast_answer).to(logits.device)))
 
 
 def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: torch.Tensor,
-                         residual_readout: bool) -> bool:
+                         residual_readout: bool, metric: Metric) -> bool:
     """The analytic run 1 (see _path_output_analytic) assumes sequential blocks, each adding its
     attention output (through the output projection and any post-attention norm) and then its MLP
     output (pre-norm, MLP, any post-MLP norm) to the residual stream. Checked on this model by
@@ -257,7 +283,7 @@ def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: t
                 z = contrast[z_hook(layer)][rows, chunk.last][:, None]
                 resid = resid + _attn_write(blk, z.flatten(-2))
                 resid = resid + _mlp_write(blk, resid)
-            rebuilt = _final_ld(model, resid, chunk.normal_answer, chunk.contrast_answer, residual_readout)
+            rebuilt = _final_ld(model, resid, chunk.normal_answer, chunk.contrast_answer, residual_readout, metric)
     except Exception:  # a block without these parts
         return False
     scale = max(1.0, float(expected.abs().max()))
@@ -266,15 +292,13 @@ def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: t
 
 def read_ld(model, route: Route, tokens: torch.Tensor, fwd_hooks: list, last: torch.Tensor,
             normal_answer: torch.Tensor, contrast_answer: torch.Tensor,
-            start_at_layer: int | None = None) -> torch.Tensor:
-    """LD per row [B] of one hooked run on `tokens` [B, T] (or, with `start_at_layer`, on residuals
-    [B, T, d_model] entering that layer), through the route's reader."""
-    if route.residual_readout:
-        resid = run_to_final_resid(model, tokens, fwd_hooks, start_at_layer)
-        rows = torch.arange(resid.shape[0], device=resid.device)
-        return _ld_from_resid(model, resid[rows, last.to(resid.device)], normal_answer, contrast_answer)
-    logits = run_hooked(model, tokens, fwd_hooks, start_at_layer)
-    return logit_diff(logits, last, normal_answer, contrast_answer)
+            start_at_layer: int | None = None, metric: Metric = logit_difference) -> torch.Tensor:
+    """The metric per row [B] of one hooked run on `tokens` [B, T] (or, with `start_at_layer`, on
+    residuals [B, T, d_model] entering that layer), through the route's reader
+    (fi.engine.readout.compared_logits)."""
+    rows = torch.arange(tokens.shape[0])
+    return metric(compared_logits(model, tokens, rows, last, _compared(normal_answer, contrast_answer), fwd_hooks,
+                                  route.residual_readout, start_at_layer))
 
 
 # ---- the cache: the normal and contrast runs, built once ------------------------------------------
@@ -295,8 +319,9 @@ class RunCache:
     chunks[i]              the i-th `batch_size` examples (PatchingData)
     normal[i], contrast[i] hook name -> activation of that run: z [B, T, H, d_head], resid_pre
                            [B, T, d_model]
-    ld_normal, ld_contrast [N] LD per example of each run (ld_contrast None and contrast empty in a
-                           normal-run-only cache: build_normal_cache)
+    ld_normal, ld_contrast [N] the metric per example of each run (ld_contrast None and contrast
+                           empty in a normal-run-only cache: build_normal_cache)
+    metric                 what every run on this cache is read as (default: LD)
     variant_lds            mean LD of each circuit variant already run on these prompts
                            (fi.methods.circuit.circuit_lds), so that no variant runs twice"""
 
@@ -309,6 +334,7 @@ class RunCache:
     ld_contrast: torch.Tensor | None
     n_layers: int
     n_heads: int
+    metric: Metric = field(default=logit_difference, compare=False, repr=False)
     variant_lds: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -327,17 +353,12 @@ class RunCache:
         return (self.normal if run == "normal" else self.contrast)[i]
 
 
-def _capture_run(model, route: Route, chunk: PatchingData, tokens: torch.Tensor, names: set) -> tuple[dict, torch.Tensor]:
+def _capture_run(model, route: Route, chunk: PatchingData, tokens: torch.Tensor, names: set,
+                 metric: Metric) -> tuple[dict, torch.Tensor]:
     store: dict = {}
-
-    def keep(name):
-        def hook(x, hook):
-            store[name] = x  # under the name asked for (the bridge's hook may carry an alias's name)
-            return x
-        return hook
-    hooks = [(name, keep(name)) for name in sorted(names)]
     with torch.inference_mode():
-        ld = read_ld(model, route, tokens.to(model.device), hooks, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+        ld = read_ld(model, route, tokens.to(model.device), capture(store, sorted(names)), chunk.last,
+                     chunk.normal_answer, chunk.contrast_answer, metric=metric)
     return store, ld.float().cpu()
 
 
@@ -364,17 +385,19 @@ def _route_probe(data: PatchingData) -> PatchingData:
                         probe.normal_answer, probe.contrast_answer, {k: v[:, :width] for k, v in probe.groups.items()})
 
 
-def _checked_runs(model, chunk: PatchingData, names: set, analytic: bool) -> tuple[Route, tuple | None]:
+def _checked_runs(model, chunk: PatchingData, names: set, analytic: bool,
+                  metric: Metric = logit_difference) -> tuple[Route, tuple | None]:
     """Both route checks on `chunk`'s runs with full logits: whether LD read from the final residual
     stream reproduces the model's own (normal run), and (`analytic`) whether the analytic run 1
     rebuilds the contrast run's LD (_analytic_path_holds). Returns the route and the runs
     (normal acts, normal LD, contrast acts, contrast LD; contrast None without `analytic`)."""
-    acts_n, ld_n, residual = _checked_capture_run(model, chunk, names)
+    acts_n, ld_n, residual = _checked_capture_run(model, chunk, names, metric)
+    record_readout(model, residual)
     if not analytic:
         return Route(residual_readout=residual, analytic_output_path=False), (acts_n, ld_n, None, None)
     needed = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
-    acts_c, ld_c, _ = _checked_capture_run(model, chunk, names | needed, chunk.contrast)
-    holds = needed <= set(acts_c) and _analytic_path_holds(model, chunk, acts_c, ld_c, residual)
+    acts_c, ld_c, _ = _checked_capture_run(model, chunk, names | needed, metric, chunk.contrast)
+    holds = needed <= set(acts_c) and _analytic_path_holds(model, chunk, acts_c, ld_c, residual, metric)
     acts_c = {k: v for k, v in acts_c.items() if k in names}  # the runs keep what was asked for
     return Route(residual_readout=residual, analytic_output_path=holds), (acts_n, ld_n, acts_c, ld_c)
 
@@ -385,76 +408,74 @@ def decide_route(model, data: PatchingData, analytic: bool = True) -> Route:
 
 
 def _route_and_first_runs(model, data: PatchingData, chunk: PatchingData, wanted: set, route: Route | None,
-                          analytic: bool) -> tuple[Route, tuple | None]:
+                          analytic: bool, metric: Metric) -> tuple[Route, tuple | None]:
     """The route (given, or decided) and, where the checks ran on `chunk` itself, its runs."""
     if route is not None:
         return route, None
     if _full_logits_cheap(model):
-        return _checked_runs(model, chunk, wanted, analytic)
+        return _checked_runs(model, chunk, wanted, analytic, metric)
     return decide_route(model, data, analytic), None
 
 
 def build_cache(model, data: PatchingData, route: Route | None = None, batch_size: int = 16,
-                names: Sequence[str] | None = None) -> RunCache:
+                names: Sequence[str] | None = None, metric: Metric = logit_difference) -> RunCache:
     """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names),
-    read by `route` (default: decided once, see ROUTE_PROBE)."""
+    read by `route` (default: decided once, see ROUTE_PROBE) as `metric` (every method on the cache
+    reads its runs so)."""
     wanted = set(names if names is not None else cache_names(model.n_layers))
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
-    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, analytic=True)
+    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, True, metric)
     normal, contrast, ld_n, ld_c = [], [], [], []
     for i, chunk in enumerate(progress(chunks, "normal and contrast runs")):
         if i == 0 and first is not None:
             acts_n, ld_normal, acts_c, ld_contrast = first
         else:
-            acts_n, ld_normal = _capture_run(model, route, chunk, chunk.normal, wanted)
-            acts_c, ld_contrast = _capture_run(model, route, chunk, chunk.contrast, wanted)
+            acts_n, ld_normal = _capture_run(model, route, chunk, chunk.normal, wanted, metric)
+            acts_c, ld_contrast = _capture_run(model, route, chunk, chunk.contrast, wanted, metric)
         normal.append(acts_n)
         ld_n.append(ld_normal)
         contrast.append(acts_c)
         ld_c.append(ld_contrast)
     return RunCache(data, route, chunks, tuple(normal), tuple(contrast), torch.cat(ld_n), torch.cat(ld_c),
-                    model.n_layers, model.n_heads)
+                    model.n_layers, model.n_heads, metric)
 
 
-def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: Route | None = None) -> RunCache:
+def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: Route | None = None,
+                       metric: Metric = logit_difference) -> RunCache:
     """The normal run only, keeping every layer's head outputs: all attribution patching needs (its
     contrast run is its own gradient pass). Without a route, whether LD may be read from the final
     residual is checked once (see ROUTE_PROBE); the route records no analytic path (attribution has
     none)."""
     wanted = {z_hook(layer) for layer in range(model.n_layers)}
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
-    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, analytic=False)
+    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, False, metric)
     normal, ld_n = [], []
     for i, chunk in enumerate(progress(chunks, "normal runs")):
         if i == 0 and first is not None:
             acts, ld = first[0], first[1]
         else:
-            acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted)
+            acts, ld = _capture_run(model, route, chunk, chunk.normal, wanted, metric)
         normal.append(acts)
         ld_n.append(ld)
-    return RunCache(data, route, chunks, tuple(normal), (), torch.cat(ld_n), None, model.n_layers, model.n_heads)
+    return RunCache(data, route, chunks, tuple(normal), (), torch.cat(ld_n), None, model.n_layers, model.n_heads,
+                    metric)
 
 
-def _checked_capture_run(model, chunk: PatchingData, names: set,
+def _checked_capture_run(model, chunk: PatchingData, names: set, metric: Metric,
                          tokens: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, bool]:
     """A run (the normal prompt unless `tokens`) with full logits, keeping `names` and the final
-    residual: its LD, and whether the residual readout reproduces it (ROUTE_RTOL)."""
+    residual: its metric, and whether the residual readout reproduces it (ROUTE_RTOL)."""
     store: dict = {}
-
-    def keep(name):
-        def hook(x, hook):
-            store[name] = x
-            return x
-        return hook
-    hooks = [(name, keep(name)) for name in sorted(names | {FINAL_RESID})]
+    rows = torch.arange(chunk.size)
+    compared = _compared(chunk.normal_answer, chunk.contrast_answer)
     with torch.inference_mode():
         tokens = chunk.normal if tokens is None else tokens
-        logits = model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=hooks)
-        full = logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer).float().cpu()
+        logits = model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=capture(store, sorted(names | {FINAL_RESID})))
+        full = metric(logits[rows, chunk.last.to(logits.device)].gather(1, compared.to(logits.device))).float().cpu()
         try:
             resid = store.pop(FINAL_RESID)
-            short = _ld_from_resid(model, resid[torch.arange(chunk.size), chunk.last.to(resid.device)],
-                                   chunk.normal_answer, chunk.contrast_answer).float().cpu()
+            short = _ld_from_resid(model, resid[rows, chunk.last.to(resid.device)],
+                                   chunk.normal_answer, chunk.contrast_answer, metric).float().cpu()
             holds = bool((short - full).abs().max() <= ROUTE_RTOL * max(1.0, float(full.abs().max())))
         except Exception:  # no final residual hook / norm / unembedding of this shape
             holds = False
@@ -492,7 +513,7 @@ def run_with_interventions(model, cache: RunCache, i: int, variants: Sequence[Se
             run_hooked(model, inputs, hooks, start_at_layer, stop_at_layer=stop_at_layer)
             return None
         ld = read_ld(model, cache.route, inputs, hooks, last.repeat(n_var), chunk.normal_answer.repeat(n_var),
-                     chunk.contrast_answer.repeat(n_var), start_at_layer)
+                     chunk.contrast_answer.repeat(n_var), start_at_layer, cache.metric)
     return ld.float().cpu().reshape(n_var, b)
 
 
@@ -573,7 +594,7 @@ def _activation_ld_analytic(model, cache: RunCache, i: int, layer: int, heads: S
         at = mid[torch.arange(n_var * b), last.repeat(n_var)]  # [V * B, d_model]
         final = at + _mlp_write(blocks[n_layers - 1], at)
         ld = _final_ld(model, final, chunk.normal_answer.repeat(n_var), chunk.contrast_answer.repeat(n_var),
-                       cache.route.residual_readout)
+                       cache.route.residual_readout, cache.metric)
     return ld.float().cpu().reshape(n_var, b)
 
 
@@ -666,16 +687,10 @@ def path_patching_to_heads(model, cache: RunCache, receivers: Sequence[Receiver 
             top = max(r.layer for r in reached)
             names = sorted({qkv_hook(r.layer, r.which) for r in reached})
             for block in _blocks(list(range(cache.n_heads)), b, rows_per_pass):
-                captured = {}
-
-                def capture(name):
-                    def hook(x, hook):
-                        captured[name] = x.clone()
-                        return x
-                    return hook
+                captured: dict = {}
                 run_with_interventions(model, cache, i, [_frozen(cache, i, (layer, h), layer, top) for h in block],
-                                       start_at_layer=layer, extra_hooks=[(n, capture(n)) for n in names],
-                                       stop_at_layer=top + 1)
+                                       start_at_layer=layer, stop_at_layer=top + 1,
+                                       extra_hooks=capture(captured, names, lambda name, x: x.clone()))
                 for at in sorted({r.layer for r in reached}):
                     pairs = [(r, v) for r in reached if r.layer == at for v in range(len(block))]
                     for part in _blocks(pairs, b, rows_per_pass):
@@ -709,19 +724,16 @@ def value_seen_by_one_head(layer: int, values: Sequence[tuple[int, int, torch.Te
     the clean run's) times those values; the other heads of its key-value group keep the clean values."""
     if not values:
         return []
-    store = {}
-
-    def keep_pattern(pattern, hook):
-        store["pattern"] = pattern
-        return pattern
+    store: dict = {}
+    pattern = pattern_hook(layer)
 
     def one_head(z, hook):
         z = z.clone()
         for k, head, v in values:
             rows = slice(k * b, (k + 1) * b)
-            z[rows, :, head] = torch.einsum("bts,bsd->btd", store["pattern"][rows, head].to(z.dtype), v.to(z.dtype))
+            z[rows, :, head] = torch.einsum("bts,bsd->btd", store[pattern][rows, head].to(z.dtype), v.to(z.dtype))
         return z
-    return [(pattern_hook(layer), keep_pattern), (z_hook(layer), one_head)]
+    return capture(store, [pattern]) + [(z_hook(layer), one_head)]
 
 
 def key_seen_by_one_head(layer: int, keys: Sequence[tuple[int, int]], b: int, group: int,
@@ -774,7 +786,7 @@ def _path_output_analytic(model, cache: RunCache, i: int) -> torch.Tensor:
             resid = resid + _mlp_write(blocks[layer], resid)
         senders = cache.n_layers * heads
         ld = _final_ld(model, resid, chunk.normal_answer.repeat(senders), chunk.contrast_answer.repeat(senders),
-                       cache.route.residual_readout)
+                       cache.route.residual_readout, cache.metric)
     return ld.float().cpu().reshape(senders, b).sum(1)
 
 
@@ -807,7 +819,7 @@ def attribution_patching(model, cache: RunCache) -> torch.Tensor:
         hooks = [(z_hook(layer), along_delta(layer)) for layer in range(cache.n_layers)]
         with torch.enable_grad(), _frozen_parameters(model.bridge):
             ld = read_ld(model, cache.route, chunk.contrast.to(model.device), hooks, chunk.last,
-                         chunk.normal_answer, chunk.contrast_answer)
+                         chunk.normal_answer, chunk.contrast_answer, metric=cache.metric)
             grads = torch.autograd.grad(ld.sum(), [alphas[layer] for layer in range(cache.n_layers)])
         ld_contrast += float(ld.detach().sum())
         for layer, g in enumerate(grads):
@@ -842,16 +854,18 @@ class Patcher:
     so it costs one normal pass and its own gradient pass)."""
 
     def __init__(self, model, data: PatchingData, batch_size: int = 16, rows_per_pass: int | None = None,
-                 route: Route | None = None):
+                 route: Route | None = None, metric: Metric = logit_difference):
         self.model = model
         self.data = data
         self.batch_size = batch_size
         self.rows_per_pass = rows_per_pass or default_rows_per_pass(model)
         self._given_route = route
+        self.metric = metric
 
     def with_route(self, **changes) -> Patcher:
         """The same prompts read another way (tests compare routes)."""
-        return Patcher(self.model, self.data, self.batch_size, self.rows_per_pass, replace(self.route, **changes))
+        return Patcher(self.model, self.data, self.batch_size, self.rows_per_pass, replace(self.route, **changes),
+                       self.metric)
 
     @property
     def route(self) -> Route:
@@ -860,11 +874,11 @@ class Patcher:
 
     @cached_property
     def cache(self) -> RunCache:
-        return build_cache(self.model, self.data, self._given_route, self.batch_size)
+        return build_cache(self.model, self.data, self._given_route, self.batch_size, metric=self.metric)
 
     @cached_property
     def normal_cache(self) -> RunCache:
-        return build_normal_cache(self.model, self.data, self.batch_size, self._given_route)
+        return build_normal_cache(self.model, self.data, self.batch_size, self._given_route, self.metric)
 
     @property
     def ld_normal(self) -> float:

@@ -93,23 +93,63 @@ def run_to_final_resid(model, tokens: torch.Tensor, fwd_hooks: list = (), start_
     return run_hooked(model, tokens, list(fwd_hooks) + [(FINAL_RESID, stop)], start_at_layer)
 
 
+def capture(store: dict, names, pick=None) -> list[tuple[str, callable]]:
+    """Hooks that keep each named activation in `store[name]` (under the name asked for: the bridge
+    may call the hook under an alias), changing nothing; `pick(name, x)` chooses what is kept (default:
+    the tensor itself). The one capture hook of the engine: every method reads activations this way."""
+    def keep(name):
+        def hook(x, hook):
+            store[name] = x if pick is None else pick(name, x)
+            return x
+        return hook
+    return [(name, keep(name)) for name in names]
+
+
+def compared_logits(model, inputs: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                    compared: torch.Tensor, fwd_hooks=(), residual_readout: bool = True,
+                    start_at_layer: int | None = None) -> torch.Tensor:
+    """The runner every method reads a model through: one (hooked) run on `inputs` (tokens [B, T], or
+    with `start_at_layer` the residual [B, T, d_model] entering that layer) -> the logits of the
+    `compared` tokens ([K] for every read, or [N, K] per read) at the N read positions
+    (`rows[n]`, `positions[n]`): [N, K]. From the final residual stream through `unembed_tokens` when
+    `residual_readout` (see `readout_holds`), else from the model's full logits."""
+    if residual_readout:
+        resid = run_to_final_resid(model, inputs, fwd_hooks, start_at_layer)
+        return unembed_tokens(model, resid[rows.to(resid.device), positions.to(resid.device)], compared)
+    logits = run_hooked(model, inputs, fwd_hooks, start_at_layer)
+    picked = logits[rows.to(logits.device), positions.to(logits.device)]
+    compared = compared.to(logits.device)
+    return picked[:, compared] if compared.dim() == 1 else picked.gather(1, compared)
+
+
 def residual_readout_holds(model, tokens: torch.Tensor, positions: torch.Tensor, compared: torch.Tensor) -> bool:
     """Whether `unembed_tokens` on the final residual equals the model's own logits, checked on one
     batch: `tokens` [B, T], the position read in each row [B], the compared token ids [B, K]."""
     if FINAL_RESID not in model.bridge.hook_dict:
         return False
-    store = {}
-
-    def grab(resid, hook):
-        store["resid"] = resid
-        return resid
+    store: dict = {}
     rows = torch.arange(tokens.shape[0])
     with torch.inference_mode():
-        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=[(FINAL_RESID, grab)])
+        logits = model.bridge.run_with_hooks(tokens, fwd_hooks=capture(store, [FINAL_RESID]))
         full = logits[rows, positions].gather(1, compared.to(logits.device))
         try:
-            short = unembed_tokens(model, store["resid"][rows, positions], compared)
+            short = unembed_tokens(model, store[FINAL_RESID][rows, positions], compared)
         except Exception:  # no ln_final / unembedding components of this shape
             return False
     scale = max(1.0, float(full.abs().max()))
     return bool((short.float().cpu() - full.float().cpu()).abs().max() <= ROUTE_RTOL * scale)
+
+
+def readout_holds(model, tokens: torch.Tensor, positions: torch.Tensor, compared: torch.Tensor) -> bool:
+    """`residual_readout_holds` decided once per loaded model, on the first batch any method reads, and
+    kept on the model (`LoadedModel.residual_readout`): the check is a property of the architecture
+    (final norm, unembedding, soft-capping), not of the prompts."""
+    if getattr(model, "residual_readout", None) is None:
+        model.residual_readout = residual_readout_holds(model, tokens, positions, compared)
+    return model.residual_readout
+
+
+def record_readout(model, holds: bool) -> None:
+    """Keep a route check made elsewhere (fi.engine.patching checks it within its first runs)."""
+    if getattr(model, "residual_readout", None) is None:
+        model.residual_readout = holds

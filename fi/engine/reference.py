@@ -7,10 +7,57 @@ workflow.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
-from fi.engine.interventions import pattern_hook
-from fi.engine.patching import PatchingData, Receiver, logit_diff, qkv_hook, z_hook
+# The oracle imports nothing from the engine it checks (fi.engine.patching, interventions, readout):
+# hook names, receivers and the metric are written out here, plainly. Prompt pairs come as any object
+# with the fields of fi.engine.patching.PatchingData (normal, contrast [N, T] token ids; last [N],
+# the read position; normal_answer, contrast_answer [N]; groups: name -> [N, T] bool; size; subset).
+PatchingData = object
+
+
+def z_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def qkv_hook(layer: int, which: str) -> str:
+    return f"blocks.{layer}.attn.hook_{which}"
+
+
+def pattern_hook(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_pattern"
+
+
+class Receiver(NamedTuple):
+    """'output', or 'L.H.q|k|v': one head's query / key / value input."""
+
+    layer: int | None
+    head: int | None
+    which: str | None
+
+    @classmethod
+    def parse(cls, text) -> Receiver:
+        if isinstance(text, cls):
+            return text
+        text = str(text)  # a string, or the engine's Receiver (its str is this text)
+        if text == "output":
+            return cls(None, None, None)
+        layer, head, which = text.split(".")
+        return cls(int(layer), int(head), which)
+
+    @property
+    def is_output(self) -> bool:
+        return self.layer is None
+
+
+def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Tensor,
+               contrast_answer: torch.Tensor) -> torch.Tensor:
+    """Per row: the normal answer's logit minus the contrast answer's at the row's read position."""
+    rows = torch.arange(logits.shape[0])
+    final = logits[rows, last.to(logits.device)]
+    return final[rows, normal_answer.to(logits.device)] - final[rows, contrast_answer.to(logits.device)]
 
 
 def _runs(model, data: PatchingData, batch: int):
@@ -18,8 +65,13 @@ def _runs(model, data: PatchingData, batch: int):
         yield data.subset(slice(i, i + batch))
 
 
-def _ld(model, chunk, logits):
-    return logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+def _ld(model, chunk, logits, metric=None):
+    """LD per row from full logits, or `metric` of the two answers' logits at the read position."""
+    if metric is None:
+        return logit_diff(logits, chunk.last, chunk.normal_answer, chunk.contrast_answer)
+    rows = torch.arange(logits.shape[0])
+    final = logits[rows, chunk.last]
+    return metric(torch.stack([final[rows, chunk.normal_answer], final[rows, chunk.contrast_answer]], 1))
 
 
 def frozen_z_hooks(cache_contrast, cache_normal, n_layers: int, layer: int, head: int) -> list:
@@ -35,12 +87,12 @@ def frozen_z_hooks(cache_contrast, cache_normal, n_layers: int, layer: int, head
     return [(z_hook(lyr), freeze(lyr)) for lyr in range(n_layers)]
 
 
-def reference_baselines(model, data: PatchingData, batch: int = 4):
+def reference_baselines(model, data: PatchingData, batch: int = 4, metric=None):
     n, c = [], []
     with torch.inference_mode():
         for chunk in _runs(model, data, batch):
-            n.append(_ld(model, chunk, model.bridge(chunk.normal.to(model.device))))
-            c.append(_ld(model, chunk, model.bridge(chunk.contrast.to(model.device))))
+            n.append(_ld(model, chunk, model.bridge(chunk.normal.to(model.device)), metric))
+            c.append(_ld(model, chunk, model.bridge(chunk.contrast.to(model.device)), metric))
     return float(torch.cat(n).mean()), float(torch.cat(c).mean())
 
 
@@ -89,13 +141,15 @@ def head_receiver_logits(bridge, contrast, run1_hooks, receiver: Receiver, n_hea
     return bridge.run_with_hooks(contrast, fwd_hooks=fwd)
 
 
-def reference_path_patching(model, data: PatchingData, receiver: Receiver | str = "output", batch: int = 4) -> torch.Tensor:
-    """The paper's per-sender two-pass path patching, normalised as in fi.engine.patching."""
-    receiver = Receiver.parse(receiver) if isinstance(receiver, str) else receiver
+def reference_path_patching(model, data: PatchingData, receiver: Receiver | str = "output", batch: int = 4,
+                            metric=None) -> torch.Tensor:
+    """The paper's per-sender two-pass path patching, normalised as in fi.engine.patching (read as LD,
+    or as `metric` of the two answers' logits)."""
+    receiver = Receiver.parse(receiver)
     b = model.bridge
     L, H = model.n_layers, model.n_heads
     n_kv = int(getattr(b.cfg, "n_key_value_heads", None) or H)
-    ld_n, ld_c = reference_baselines(model, data, batch)
+    ld_n, ld_c = reference_baselines(model, data, batch, metric)
     out = torch.zeros(L, H)
     for layer in range(L):
         for head in range(H):
@@ -112,7 +166,7 @@ def reference_path_patching(model, data: PatchingData, receiver: Receiver | str 
                     else:
                         logits = head_receiver_logits(b, contrast, hooks, receiver, H, n_kv,
                                                       cache_c[z_hook(receiver.layer)])
-                total += float(_ld(model, chunk, logits).sum())
+                total += float(_ld(model, chunk, logits, metric).sum())
             out[layer, head] = total / data.size
     return (out - ld_c) / (ld_c - ld_n)
 

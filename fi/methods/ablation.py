@@ -22,6 +22,7 @@ import torch
 
 from fi.engine.answers import answer_vocabulary
 from fi.engine.interventions import Intervention, by_layer, z_hook
+from fi.engine.readout import capture
 from fi.methods.evaluation import PROMPT_KINDS, ModelInput, encode_examples, model_inputs, readout_route, run_inputs, score_inputs
 
 MODES = ("patch", "mean", "zero")
@@ -37,19 +38,13 @@ def mean_z(model, encoded, heads: Sequence[Head], batch_size: int = 64) -> dict[
     prompts = [e.prompts["normal"] for e in encoded]
     for start in range(0, len(prompts), batch_size):
         tokens, mask = model.right_pad(prompts[start:start + batch_size])
-        store = {}
-
-        def keep(layer):
-            def hook(z, hook):
-                store[layer] = z
-                return z
-            return hook
+        store: dict = {}
         with torch.inference_mode():
-            model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=[(z_hook(layer), keep(layer)) for layer in layers],
+            model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=capture(store, [z_hook(layer) for layer in layers]),
                                         stop_at_layer=max(layers) + 1)
         m = mask.to(model.device)
         for layer, hs in layers.items():
-            z = store[layer][:, :, hs]  # [B, T, H_sel, d]
+            z = store[z_hook(layer)][:, :, hs]  # [B, T, H_sel, d]
             sums[layer] = sums[layer] + (z * m[..., None, None]).sum((0, 1)).float().cpu()
         count += int(mask.sum())
     return {layer: sums[layer] / count for layer in layers}

@@ -50,7 +50,7 @@ from fi.engine.patching import (
     path_patching_to_heads,
     run_with_interventions,
 )
-from fi.engine.readout import run_to_final_resid
+from fi.engine.readout import capture, run_to_final_resid
 from fi.io import progress
 from fi.plan.params import Selection
 
@@ -66,17 +66,12 @@ Head = tuple[int, int]
 def attention_patterns(model, tokens: torch.Tensor) -> dict[int, torch.Tensor]:
     """Every layer's attention pattern [B, H, T, T] (float32, on the CPU) of one run on `tokens`,
     which stops before the unembedding."""
-    store = {}
-
-    def keep(layer):
-        def hook(p, hook):
-            store[layer] = p.float().cpu()
-            return p
-        return hook
+    store: dict = {}
     with torch.inference_mode():
-        run_to_final_resid(model, tokens.to(model.device), [(pattern_hook(layer), keep(layer))
-                                                            for layer in range(model.n_layers)])
-    return store
+        run_to_final_resid(model, tokens.to(model.device),
+                           capture(store, [pattern_hook(layer) for layer in range(model.n_layers)],
+                                   lambda name, p: p.float().cpu()))
+    return {layer: store[pattern_hook(layer)] for layer in range(model.n_layers)}
 
 
 def attention_statistics(model, cache: RunCache) -> dict[Head, dict[str, float]]:

@@ -256,7 +256,7 @@ def run_clamps(run_dir: str) -> list[Clamp]:
 
 
 def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], datasets: list[str],
-                       head_types: dict, params: dict, keys: dict, output: str, threads: int | None = None) -> None:
+                       head_types: dict, params: dict, keys: dict, output: str) -> None:
     """The progress measures of a run's checkpoint at `step`, through the clamps active at that step
     (fi.engine.clamping.active_at_checkpoint: those covering training step `step`, the final checkpoint
     taking the last step's), recorded in the column `clamps`."""
@@ -266,8 +266,6 @@ def measure_checkpoint(run_dir: str, step: int, train: dict, cells: list[dict], 
     from fi.build.training import checkpoint_dir
     from fi.io import write_parquet
 
-    if threads:
-        torch.set_num_threads(threads)
     t0 = time.perf_counter()
     active = active_at_checkpoint(run_clamps(run_dir), step, train["steps"])
     df = progress_measures(str(checkpoint_dir(run_dir, step)), train, cells, datasets, head_types,

@@ -21,7 +21,8 @@ import torch
 
 from fi.engine.answers import answer_token_ids, answer_vocabulary, first_difference
 from fi.engine.interventions import hooks_for
-from fi.engine.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
+from fi.engine.readout import capture as capture_hooks
+from fi.engine.readout import compared_logits, readout_holds
 from fi.io import progress
 from fi.plan.tasks import Example
 
@@ -104,11 +105,12 @@ def batches(inputs: Sequence[ModelInput], batch_size: int) -> list[list[int]]:
 
 def readout_route(model, inputs: Sequence[ModelInput], vocab: torch.Tensor) -> bool:
     """Whether the answer vocabulary's logits can be read from the final residual stream (see
-    fi.engine.readout), checked on up to 8 inputs at their last answer position."""
+    fi.engine.readout): the model's recorded answer, or checked on up to 8 inputs at their last
+    answer position."""
     probe = list(inputs[:8])
     tokens, _ = model.right_pad([p.tokens for p in probe])
     positions = torch.tensor([len(p.tokens) - 1 for p in probe])
-    return residual_readout_holds(model, tokens.to(model.device), positions, vocab[None].repeat(len(probe), 1))
+    return readout_holds(model, tokens.to(model.device), positions, vocab[None].repeat(len(probe), 1))
 
 
 def run_inputs(model, inputs: Sequence[ModelInput], vocab: torch.Tensor, batch_size: int = 64,
@@ -129,21 +131,18 @@ def run_inputs(model, inputs: Sequence[ModelInput], vocab: torch.Tensor, batch_s
         batch = [inputs[i] for i in idx]
         tokens, _ = model.right_pad([b.tokens for b in batch])
         hooks = hooks_for(interventions(batch, tokens.shape[1])) if interventions else []
-        for name, heads in (capture or {}).items():
-            def keep(x, hook, heads=heads, name=name):
-                for row, i in enumerate(idx):
-                    captured[(i, name)] = x[row, : len(inputs[i].tokens), heads].detach().clone()
-                return x
-            hooks.append((name, keep))
+        if capture:
+            store: dict = {}
+            hooks += capture_hooks(store, capture, lambda name, x: x[:, :, capture[name]].detach().clone())
+        spans = [(inputs[i].prompt_len - 1, len(inputs[i].tokens)) for i in idx]
+        rows = torch.cat([torch.full((b - a,), row) for row, (a, b) in enumerate(spans)])
+        positions = torch.cat([torch.arange(a, b) for a, b in spans])
         with torch.inference_mode():
-            if residual_readout:
-                out = run_to_final_resid(model, tokens.to(model.device), hooks)
-            else:
-                out = model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=hooks)
-            spans = [(inputs[i].prompt_len - 1, len(inputs[i].tokens)) for i in idx]
-            picked = torch.cat([out[row, a:b] for row, (a, b) in enumerate(spans)])
-            logits = unembed_tokens(model, picked, vocab_dev) if residual_readout else picked[:, vocab_dev]
-            logits = logits.float().cpu()
+            logits = compared_logits(model, tokens.to(model.device), rows, positions, vocab_dev,
+                                     hooks, residual_readout).float().cpu()
+        for name in capture or {}:
+            for row, i in enumerate(idx):
+                captured[(i, name)] = store[name][row, : len(inputs[i].tokens)]
         start = 0
         for i, (a, b) in zip(idx, spans):
             restricted[i] = logits[start:start + b - a]

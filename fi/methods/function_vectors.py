@@ -44,7 +44,7 @@ import torch
 
 from fi.engine.answers import answer_token_ids
 from fi.engine.interventions import Intervention, by_layer, hooks_for, z_hook
-from fi.engine.readout import residual_readout_holds, run_to_final_resid, unembed_tokens
+from fi.engine.readout import capture, compared_logits, readout_holds, run_to_final_resid
 
 Head = tuple[int, int]
 ALL = "all"
@@ -112,17 +112,14 @@ def mean_head_outputs(model, tokens: torch.Tensor, last: torch.Tensor, heads: Se
     for start in range(0, tokens.shape[0], batch_size):
         chunk, pos = tokens[start:start + batch_size], last[start:start + batch_size]
         rows = torch.arange(chunk.shape[0])
-
-        def grab(layer):
-            def hook(z, hook):
-                picked = z[rows, pos.to(z.device)].float()  # [b, n_heads, d_head]
-                for h in layers[layer]:
-                    s = picked[:, h].sum(0).cpu()
-                    sums[(layer, h)] = sums.get((layer, h), 0) + s
-                return z
-            return hook
+        store: dict = {}
         with torch.inference_mode():
-            run_to_final_resid(model, chunk.to(model.device), [(z_hook(layer), grab(layer)) for layer in layers])
+            run_to_final_resid(model, chunk.to(model.device),
+                               capture(store, [z_hook(layer) for layer in layers],
+                                       lambda name, z: z[rows, pos.to(z.device)].float()))  # [b, n_heads, d_head]
+        for layer, hs in layers.items():
+            for h in hs:
+                sums[(layer, h)] = sums.get((layer, h), 0) + store[z_hook(layer)][:, h].sum(0).cpu()
     return torch.stack([sums[h] / tokens.shape[0] for h in heads])
 
 
@@ -152,12 +149,11 @@ def digit_logits(model, prompts: NaivePrompts, variants: Sequence[Sequence[tuple
     `scale * vector` added at each prompt's last position (an empty list: the unpatched run). Variants
     are stacked along the batch (10 rows each, `rows_per_pass` rows a pass), each with its own rows'
     interventions. Logits come from the final residual stream through `fi.engine.readout.unembed_tokens`
-    when `residual_readout` (checked once with `residual_readout_holds` when None), else from the
+    when `residual_readout` (the model's route, `readout_holds`, when None), else from the
     model's full logits."""
     n = prompts.tokens.shape[0]
     if residual_readout is None:
-        residual_readout = residual_readout_holds(model, prompts.tokens.to(model.device), prompts.last,
-                                                  prompts.digits)
+        residual_readout = readout_holds(model, prompts.tokens.to(model.device), prompts.last, prompts.digits)
     per_pass = max(1, rows_per_pass // n)
     out = []
     mask = prompts.last_mask
@@ -169,16 +165,9 @@ def digit_logits(model, prompts: NaivePrompts, variants: Sequence[Sequence[tuple
             for heads, vectors, scale in parts:
                 ivs += vector_interventions(heads, vectors, mask, scale, rows)
         tokens = prompts.tokens.repeat(len(block), 1).to(model.device)
-        last = prompts.last.repeat(len(block))
-        digits = prompts.digits.repeat(len(block), 1)
-        row_index = torch.arange(tokens.shape[0])
         with torch.inference_mode():
-            if residual_readout:
-                resid = run_to_final_resid(model, tokens, hooks_for(ivs))
-                logits = unembed_tokens(model, resid[row_index, last.to(resid.device)], digits)
-            else:
-                full = model.bridge.run_with_hooks(tokens, fwd_hooks=hooks_for(ivs))
-                logits = full[row_index, last.to(full.device)].gather(1, digits.to(full.device))
+            logits = compared_logits(model, tokens, torch.arange(tokens.shape[0]), prompts.last.repeat(len(block)),
+                                     prompts.digits.repeat(len(block), 1), hooks_for(ivs), residual_readout)
         out.append(logits.float().cpu().reshape(len(block), n, 10))
     return torch.cat(out)
 

@@ -5,7 +5,7 @@ the planning layer."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 Head = tuple[int, int]
 
@@ -106,3 +106,131 @@ class CircuitParams:
         if "inputs" in values:
             values["inputs"] = tuple(values["inputs"])
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a job loads (a rule's `model` params, fi.plan.grid.ModelEntry.load_params): the model's
+    name, its folder or hub id, and the dtype."""
+
+    name: str
+    path: str
+    dtype: str = "float32"
+
+    @classmethod
+    def from_config(cls, model: Mapping) -> ModelSpec:
+        return _from(cls, model)
+
+
+@dataclass(frozen=True)
+class AttributionParams:
+    """The `attribute` stage (config `attribution`): the `methods` by name (fi.methods.attribution.
+    METHODS), path patching to each of `receivers`, activation patching also by position group when
+    `position_groups`, on `max_examples` prompts in chunks of `batch_size`."""
+
+    methods: tuple[str, ...] = ("path", "activation", "attribution")
+    receivers: tuple[str, ...] = ("output",)
+    position_groups: bool = True
+    max_examples: int = 100
+    batch_size: int = 16
+
+    @classmethod
+    def from_config(cls, attribution: Mapping) -> AttributionParams:
+        values = _from(cls, attribution)
+        return replace(values, methods=tuple(values.methods), receivers=tuple(values.receivers))
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of the grid: a task, one of its variants, a shot count."""
+
+    task: str
+    variant: str
+    shots: int
+
+    @classmethod
+    def from_config(cls, cell: Mapping) -> Cell:
+        return cls(str(cell["task"]), str(cell["variant"]), int(cell["shots"]))
+
+
+@dataclass(frozen=True)
+class DiscoveryParams:
+    """How the FI heads are chosen (config `discovery`): from the `cell`'s `method` scores to the
+    output, by `criterion` ("top_k": the `top_k` most negative; "threshold": every head scoring at
+    or below -`threshold`; fi.methods.heads.select_heads)."""
+
+    cell: Cell = Cell("addition", "setting1_nmax9_offset1", 4)
+    method: str = "path"
+    criterion: str = "top_k"
+    top_k: int = 1
+    threshold: float = 0.2
+
+    @classmethod
+    def from_config(cls, discovery: Mapping) -> DiscoveryParams:
+        values = _from(cls, discovery)
+        return replace(values, cell=Cell.from_config(discovery["cell"])) if "cell" in discovery else values
+
+
+@dataclass(frozen=True)
+class AblationParams:
+    """The ablations (config `ablation`): each of `modes`, on the FI heads and on `n_random` random
+    head sets of their size (drawn with `seed`; from the FI heads' layers when `layer_matched`)."""
+
+    modes: tuple[str, ...] = ("patch",)
+    n_random: int = 5
+    layer_matched: bool = False
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, ablation: Mapping) -> AblationParams:
+        values = _from(cls, ablation)
+        return replace(values, modes=tuple(values.modes))
+
+
+@dataclass(frozen=True)
+class FunctionVectorParams:
+    """Function vectors (config `function_vectors`): from addition `setting` at `nmax` and `shots`, one
+    vector set per offset of `offsets`, added at each of `scales` to the naive prompts; `max_examples`
+    prompts an offset, in chunks of `batch_size`."""
+
+    offsets: tuple[int, ...] = (-2, -1, 1, 2)
+    setting: str = "setting1"
+    nmax: int = 9
+    shots: int = 4
+    scales: tuple[float, ...] = (0, 0.5, 1, 2, 4)
+    max_examples: int = 100
+    batch_size: int = 16
+
+    @classmethod
+    def from_config(cls, function_vectors: Mapping) -> FunctionVectorParams:
+        values = _from(cls, function_vectors)
+        return replace(values, offsets=tuple(int(k) for k in values.offsets), scales=tuple(values.scales),
+                       nmax=int(values.nmax), shots=int(values.shots))
+
+
+@dataclass(frozen=True)
+class HeadTypeParams:
+    """Head-type scores (config `head_types`): `n_seqs` random sequences of `seq_len` tokens, repeated
+    (drawn with `seed`); a head is of a type when its score is at least `threshold`."""
+
+    seq_len: int = 20
+    n_seqs: int = 32
+    seed: int = 0
+    threshold: float = 0.3
+
+    @classmethod
+    def from_config(cls, head_types: Mapping) -> HeadTypeParams:
+        return _from(cls, head_types)
+
+
+@dataclass(frozen=True)
+class PlotParams:
+    """Figures (config `plots`): resolution, and the paper's accuracy table to draw beside ours."""
+
+    dpi: int = 120
+    format: str = "png"
+    reference: str | None = None
+
+    @classmethod
+    def from_config(cls, plots: Mapping) -> PlotParams:
+        return _from(cls, plots)
