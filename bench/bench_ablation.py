@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fi.engine.answers import answer_token_ids, answer_vocabulary  # noqa: E402
+from fi.engine.interventions import z_hook  # noqa: E402
 from fi.engine.models import load_model  # noqa: E402
-from fi.engine.patching import z_hook  # noqa: E402
 from fi.methods.ablation import ablated_scores, ablated_scores_many, by_layer, random_head_sets  # noqa: E402
 from fi.plan.tasks import get_family  # noqa: E402
 

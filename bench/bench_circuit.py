@@ -58,8 +58,10 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from bench.bench_patching import paper_sender_loop, timed
+from fi.engine.interventions import z_hook
 from fi.engine.models import load_model
-from fi.engine.patching import Receiver, build_cache, build_patching_data, logit_diff, z_hook
+from fi.engine.pairs import build_patching_data, logit_diff
+from fi.engine.patching import Receiver, build_cache
 from fi.engine.reference import frozen_z_hooks, head_receiver_logits, reference_path_patching
 from fi.methods import circuit as fc
 from fi.plan.tasks import get_family

@@ -24,7 +24,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def measure(path: Path, shots: int = 16) -> dict:
     from fi.engine.models import load_model
-    from fi.engine.patching import Patcher, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import Patcher
     from fi.methods.ablation import ablated_scores, random_head_sets
     from fi.plan.tasks import get_family
 

@@ -243,7 +243,8 @@ def compare_eval(report: Report, cells, mine: list[dict], paper: list[dict], tol
 
 def fi_patching_side(loaded, reference: Path, cell, n_examples: int, batch_size: int = 16):
     """fi's data and cache of the patching cell (the first `n_examples` prompts, none dropped)."""
-    from fi.engine.patching import build_cache, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import build_cache
     from fi.io import read_jsonl
     from fi.plan.tasks import get_family
 

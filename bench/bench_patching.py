@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fi.engine.models import load_model  # noqa: E402
-from fi.engine.patching import Patcher, build_patching_data, logit_diff  # noqa: E402
+from fi.engine.pairs import build_patching_data, logit_diff  # noqa: E402
+from fi.engine.patching import Patcher  # noqa: E402
 from fi.engine.reference import frozen_z_hooks  # noqa: E402
 from fi.plan.tasks import get_family  # noqa: E402
 from tests.conftest import save_random_checkpoint  # noqa: E402

@@ -47,8 +47,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from fi.engine.interventions import z_hook
 from fi.engine.models import load_model
-from fi.engine.patching import Patcher, build_patching_data, logit_diff, z_hook
+from fi.engine.pairs import build_patching_data, logit_diff
+from fi.engine.patching import Patcher
 from fi.engine.reference import frozen_z_hooks
 from fi.plan.tasks import get_family
 from tests.conftest import save_random_checkpoint

@@ -42,7 +42,8 @@ from bench.bench_evaluate import paper_loop
 from bench.bench_patching import paper_sender_ld, paper_sender_loop
 from fi.engine.answers import answer_vocabulary
 from fi.engine.models import load_model
-from fi.engine.patching import Patcher, build_patching_data
+from fi.engine.pairs import build_patching_data
+from fi.engine.patching import Patcher
 from fi.methods.evaluation import encode_examples, evaluate_task, model_inputs, score_examples
 from fi.plan.tasks import get_family
 

@@ -31,7 +31,8 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from fi.engine.models import load_model
-from fi.engine.patching import Patcher, build_patching_data
+from fi.engine.pairs import build_patching_data
+from fi.engine.patching import Patcher
 from fi.methods.evaluation import evaluate_task
 from fi.plan.tasks import get_family
 

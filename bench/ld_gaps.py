@@ -19,7 +19,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def main():
     from fi.engine.models import load_model
-    from fi.engine.patching import build_cache, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import build_cache
     from fi.io import read_jsonl
     from fi.plan.tasks import get_family
 

@@ -133,7 +133,8 @@ def attribute(model: ModelSpec, task: str, variant: str, shots: int, dataset: st
               attribution: AttributionParams, device: str = "auto") -> pd.DataFrame:
     """Every configured attribution method (fi.methods.attribution.METHODS) on one cell -> a long
     layer x head table."""
-    from fi.engine.patching import Patcher, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import Patcher
     from fi.methods.attribution import attribution_table
 
     with model_in_use(model, device) as loaded:
@@ -286,7 +287,8 @@ def plot_ablation(table: str, output: str, plots: PlotParams) -> None:
 
 def _circuit_cache(loaded, task: str, variant: str, shots: int, records: list[dict], max_examples: int,
                    batch_size: int):
-    from fi.engine.patching import build_cache, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import build_cache
 
     family = get_family(task)
     v = family.parse_variant(variant)
@@ -579,7 +581,7 @@ def function_vectors(model: ModelSpec, heads_file: str, datasets: list[str], out
     head set, scale, input digit, output digit) with the digit logit's shift
     (fi.methods.function_vectors.SHIFT_COLUMNS)."""
 
-    from fi.engine.patching import build_patching_data
+    from fi.engine.pairs import build_patching_data
     from fi.methods.function_vectors import SHIFT_COLUMNS, function_vector_shifts, set_vectors, vector_sets
 
     with model_in_use(model, device) as loaded:

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fi.engine.patching import Patcher, build_patching_data
+from fi.engine.pairs import build_patching_data
+from fi.engine.patching import Patcher
 from fi.methods.ablation import ablated_scores, ablated_scores_many, random_head_sets
 from fi.methods.evaluation import evaluate_task
 from fi.plan.tasks import get_family

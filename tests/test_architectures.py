@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from fi.engine.models import load_model
-from fi.engine.patching import Patcher, Receiver, build_patching_data, logit_diff
+from fi.engine.pairs import build_patching_data, logit_diff
+from fi.engine.patching import Patcher, Receiver
 from fi.engine.reference import reference_path_patching
 from fi.plan.tasks import get_family
 from tests.tiny_checkpoints import PAPER_ARCHITECTURES, save_checkpoint

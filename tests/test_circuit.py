@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from fi.engine.patching import build_cache, build_patching_data, logit_diff, z_hook
+from fi.engine.interventions import z_hook
+from fi.engine.pairs import build_patching_data, logit_diff
+from fi.engine.patching import build_cache
 from fi.methods import circuit as fc
 from fi.plan.params import CircuitParams, Completeness, HeldOut, ModelSpec
 from fi.plan.tasks import get_family

@@ -378,7 +378,8 @@ def test_measures_of_a_clamped_run_go_through_its_clamps(tmp_path, one_torch_thr
 
     from fi.build.training import checkpoint_dir
     from fi.engine.models import load_model
-    from fi.engine.patching import Patcher, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import Patcher
     from fi.io import read_jsonl
     from fi.methods.dynamics import measure_checkpoint, progress_measures, train_run
     from fi.methods.evaluation import evaluate_task

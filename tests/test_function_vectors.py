@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fi.engine.patching import build_patching_data
+from fi.engine.pairs import build_patching_data
 from fi.methods.function_vectors import (
     ALL,
     CONTRAST,

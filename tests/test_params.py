@@ -66,7 +66,8 @@ def test_the_attribution_table_follows_the_registry(trained_toy):
     positions), each scored by the method's own Patcher call; an unknown name is refused."""
     import torch
 
-    from fi.engine.patching import Patcher, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import Patcher
     from fi.methods.attribution import attribution_table
     from fi.plan.tasks import get_family
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fi.engine.patching import POSITION_GROUPS, Patcher, Receiver, build_patching_data, logit_diff, z_hook
+from fi.engine.interventions import z_hook
+from fi.engine.pairs import POSITION_GROUPS, build_patching_data, logit_diff
+from fi.engine.patching import Patcher, Receiver
 from fi.engine.reference import reference_activation_patching, reference_path_patching
 from fi.plan.tasks import get_family
 

@@ -11,7 +11,8 @@ import torch
 
 from fi.engine.answers import AnswerTokenizationError, answer_token_ids, answer_vocabulary
 from fi.engine.models import load_model
-from fi.engine.patching import Patcher, build_patching_data
+from fi.engine.pairs import build_patching_data
+from fi.engine.patching import Patcher
 from fi.engine.reference import reference_activation_patching, reference_path_patching
 from fi.methods.ablation import ablated_scores
 from fi.methods.evaluation import evaluate_task
@@ -221,7 +222,7 @@ def test_path_and_activation_patching_equal_the_references(model, monkeypatch):
     """Patcher against the paper's per-sender loops (fi.engine.reference) on every checkpoint, the analytic
     run 1 and the hooked one alike. On Gemma-2 the post-sublayer norms matter: an analytic run 1
     that left them out would be refused by the route's self-check, and would be wrong."""
-    import fi.engine.patching
+    import fi.engine.route
 
     for family, variant, shots in ATTRIBUTION_CELLS:
         data = patching_data(model, family, variant, shots)
@@ -233,7 +234,7 @@ def test_path_and_activation_patching_equal_the_references(model, monkeypatch):
         assert on_ld_scale(hooked.path_patching("output"), ref, patcher) <= 1e-4
         if "gemma2" in model.name:
             with monkeypatch.context() as m:
-                m.setattr(fi.engine.patching, "_post_norm", lambda block, name: None)
+                m.setattr(fi.engine.route, "_post_norm", lambda block, name: None)
                 assert not Patcher(model, data, batch_size=4).route.analytic_output_path
                 forced = patcher.with_route(analytic_output_path=True)
                 assert on_ld_scale(forced.path_patching("output"), ref, patcher) > 1e-2
@@ -245,15 +246,16 @@ def test_route_probe_decides_as_the_first_chunks_runs(model, monkeypatch):
     """The route checks on a short probe (2 examples, 12 tokens: used where full logits are costly)
     decide what the checks on the first chunk's own runs decide, and the scores do not depend on
     which of the two ran."""
-    import fi.engine.patching
-    from fi.engine.patching import Route, _checked_runs, cache_names, decide_route
+    import fi.engine.route
+    from fi.engine.patching import cache_names
+    from fi.engine.route import Route, checked_runs, decide_route
 
     data = patching_data(model)
-    chunk_route = _checked_runs(model, data.subset(slice(0, 4)), set(cache_names(model.n_layers)), True)[0]
+    chunk_route = checked_runs(model, data.subset(slice(0, 4)), set(cache_names(model.n_layers)), True)[0]
     assert decide_route(model, data) == chunk_route == Route(residual_readout=True, analytic_output_path=True)
     scores = {}
     for cheap in (True, False):
-        monkeypatch.setattr(fi.engine.patching, "_full_logits_cheap", lambda m, cheap=cheap: cheap)
+        monkeypatch.setattr(fi.engine.route, "_full_logits_cheap", lambda m, cheap=cheap: cheap)
         patcher = Patcher(model, data, batch_size=4)
         scores[cheap] = patcher.path_patching("output"), patcher.ld_normal, patcher.ld_contrast
     assert on_ld_scale(scores[True][0], scores[False][0], patcher) <= 1e-4

@@ -12,7 +12,7 @@ import pytest
 from fi.io import write_parquet
 from fi.report import provenance
 from tests.conftest import REPO
-from tests.grid_runs import base_run, read_table
+from tests.grid_runs import read_table
 
 
 def test_a_parquet_file_carries_its_provenance_and_its_sources(tmp_path):
@@ -34,8 +34,8 @@ def test_a_parquet_file_carries_its_provenance_and_its_sources(tmp_path):
 
 
 @pytest.mark.slow
-def test_every_table_and_the_summary_say_where_they_came_from(tmp_path_factory):
-    run = base_run(tmp_path_factory)
+def test_every_table_and_the_summary_say_where_they_came_from(base_run):
+    run = base_run
     for name in ("accuracy", "predictions", "head_attribution", "ablation"):
         own, sources = provenance.read(run / "results" / "tables" / f"{name}.parquet")
         assert own is not None and sources, name  # written by the aggregate, from the cells' records
@@ -46,8 +46,8 @@ def test_every_table_and_the_summary_say_where_they_came_from(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_the_summary_states_the_accuracy_table(tmp_path_factory):
-    run = base_run(tmp_path_factory)
+def test_the_summary_states_the_accuracy_table(base_run):
+    run = base_run
     summary = (run / "results" / "summary.md").read_text()
     acc = read_table(run, "accuracy")
     for (model, task, shots), g in acc.groupby(["model", "task", "shots"]):

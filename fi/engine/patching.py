@@ -19,19 +19,20 @@ Conventions (the paper's, section 2):
     0 means no effect, -1 means the patch fully restores the normal behaviour (answering a+b).
 
 What is computed once, immutably: `RunCache` holds the normal and contrast runs' activations and LDs
-per chunk of examples; `Route` records how this model is read (LD from the final residual with only
-the two answers' unembedding rows, or from full logits; path patching's run 1 analytic at the last
-position, or hooked), decided once from checks with full logits on the first chunk's own runs or,
-where full logits are costly, on a short probe (build_cache, ROUTE_PROBE).
+per chunk of examples; `fi.engine.route.Route` records how this model is read (LD from the final
+residual with only the two answers' unembedding rows, or from full logits; path patching's run 1
+analytic at the last position, or hooked), decided once from checks with full logits on the first
+chunk's own runs or, where full logits are costly, on a short probe (build_cache, ROUTE_PROBE).
 
-Examples whose normal and contrast prompts tokenize to different lengths (possible with BPE
-tokenizers), whose answer merges into the prompt's last token (see fi.engine.answers), or whose two answers
-never differ (offset 0), carry no signal and are dropped; the count dropped is reported.
+The prompt pairs (`fi.engine.pairs.PatchingData`, `build_patching_data`) drop examples whose normal and
+contrast prompts tokenize to different lengths (possible with BPE tokenizers), whose answer merges
+into the prompt's last token (see fi.engine.answers), or whose two answers never differ (offset 0):
+they carry no signal; the count dropped is reported.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -39,27 +40,18 @@ from functools import cached_property
 import torch
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-from fi.engine.answers import AnswerTokenizationError, answer_token_ids, first_difference
 from fi.engine.interventions import Intervention, by_layer, hooks_for, pattern_hook, qkv_hook, z_hook
-from fi.engine.readout import (
-    FINAL_RESID,
-    ROUTE_RTOL,
-    capture,
-    compared_logits,
-    record_readout,
-    run_hooked,
-    unembed_tokens,
-)
+from fi.engine.pairs import Metric, PatchingData, logit_difference
+from fi.engine.readout import capture, run_hooked
+from fi.engine.route import Route, attn_out, attn_write, final_metric, mlp_out, mlp_write, read_ld, route_and_first_runs
 from fi.io import progress
 
 RECEIVER_OUTPUT = "output"
 QKV = ("q", "k", "v")
 Head = tuple[int, int]
 
-__all__ = ["POSITION_GROUPS", "PatchingData", "Receiver", "Route", "RunCache", "Patcher", "activation_patching",
-           "attribution_patching", "build_cache", "build_normal_cache", "build_patching_data", "logit_diff",
-           "logit_difference", "Metric",
-           "patched_effect", "path_patching", "qkv_hook", "run_with_interventions", "z_hook"]
+__all__ = ["Receiver", "RunCache", "Patcher", "activation_patching", "attribution_patching", "build_cache",
+           "build_normal_cache", "patched_effect", "path_patching", "path_patching_to_heads", "run_with_interventions"]
 
 
 @dataclass(frozen=True)
@@ -86,219 +78,6 @@ class Receiver:
 
     def __str__(self) -> str:
         return RECEIVER_OUTPUT if self.is_output else f"{self.layer}.{self.head}.{self.which}"
-
-
-@dataclass
-class PatchingData:
-    """Aligned normal / contrast prompts (right-padded to one width), each followed by the two
-    answers' common prefix, and the answers' first differing tokens (see fi.engine.answers.first_difference)."""
-
-    normal: torch.Tensor  # [B, T] long
-    contrast: torch.Tensor  # [B, T] long
-    last: torch.Tensor  # [B] index of each sequence's last token (where the differing token is predicted)
-    normal_answer: torch.Tensor  # [B] the normal answer's first token that differs from the contrast answer's
-    contrast_answer: torch.Tensor  # [B] the contrast answer's token there
-    groups: dict  # position group name -> [B, T] bool mask
-    n_dropped: int = 0
-
-    @property
-    def size(self) -> int:
-        return int(self.normal.shape[0])
-
-    def subset(self, idx: slice) -> PatchingData:
-        return PatchingData(self.normal[idx], self.contrast[idx], self.last[idx], self.normal_answer[idx],
-                            self.contrast_answer[idx], {k: v[idx] for k, v in self.groups.items()}, 0)
-
-
-POSITION_GROUPS = ("demo_answers", "separators", "query")
-
-
-def position_groups(model, family, prompt: str, n_tokens: int) -> dict[str, list[bool]]:
-    """Token masks of a prompt's demo answers, its separator tokens ('=' for addition) and its query
-    line, found through the tokenizer's character offsets (so any fast tokenizer works)."""
-    enc = model.tokenizer(prompt, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    shift = n_tokens - len(offsets)  # BOS
-    spans: dict[str, list[tuple[int, int]]] = {g: [] for g in POSITION_GROUPS}
-    sep, item_sep = family.separator, family.item_separator
-    items = prompt.split(item_sep)
-    pos = 0
-    for i, item in enumerate(items):
-        cut = item.rfind(sep)
-        if i == len(items) - 1:
-            spans["query"].append((pos, pos + len(item)))
-        elif cut >= 0:
-            spans["demo_answers"].append((pos + cut + len(sep), pos + len(item)))
-        if cut >= 0:
-            spans["separators"].append((pos + cut, pos + cut + len(sep)))
-        pos += len(item) + len(item_sep)
-    masks = {g: [False] * n_tokens for g in POSITION_GROUPS}
-    for t, (a, b) in enumerate(offsets):
-        for g, ss in spans.items():
-            if any(a < e and b > s for s, e in ss):
-                masks[g][t + shift] = True
-    return masks
-
-
-def build_patching_data(model, family, variant, records, shots: int, max_examples: int | None = None) -> PatchingData:
-    examples = family.examples(records, variant, shots)
-    rows, dropped = [], 0
-    for ex in examples:
-        n_ids, c_ids = model.encode(ex.normal_prompt), model.encode(ex.contrast_prompt)
-        try:
-            n_toks = answer_token_ids(model, ex.contrast_prompt, ex.normal_answer, c_ids)
-            c_toks = answer_token_ids(model, ex.contrast_prompt, ex.contrast_answer, c_ids)
-        except AnswerTokenizationError:  # the answer merges into the prompt's last token
-            dropped += 1
-            continue
-        j = first_difference(n_toks, c_toks)
-        if len(n_ids) != len(c_ids) or j is None:
-            dropped += 1
-            continue
-        # both prompts go on with the answers' common prefix (teacher-forced), part of the query line
-        masks = position_groups(model, family, ex.contrast_prompt, len(c_ids))
-        for g in POSITION_GROUPS:
-            masks[g] += [g == "query"] * j
-        prefix = c_toks[:j]
-        rows.append((n_ids + prefix, c_ids + prefix, n_toks[j], c_toks[j], masks))
-        if max_examples and len(rows) >= max_examples:
-            break
-    if not rows:
-        raise ValueError(f"{model.name}: no example of {variant.name} at {shots} shots has aligned normal "
-                         "and contrast prompts with different, separately tokenized answers; nothing to "
-                         f"patch ({dropped} of {len(examples)} examples dropped)")
-    normal, _ = model.right_pad([r[0] for r in rows])
-    contrast, _ = model.right_pad([r[1] for r in rows])
-    groups = {g: torch.zeros(normal.shape, dtype=torch.bool) for g in POSITION_GROUPS}
-    for i, (_, c_ids, _, _, masks) in enumerate(rows):
-        for g in POSITION_GROUPS:
-            groups[g][i, : len(c_ids)] = torch.tensor(masks[g])  # c_ids: prompt + common prefix
-    return PatchingData(normal, contrast, torch.tensor([len(r[1]) - 1 for r in rows]),
-                        torch.tensor([r[2] for r in rows]), torch.tensor([r[3] for r in rows]), groups, dropped)
-
-
-def logit_diff(logits: torch.Tensor, last: torch.Tensor, normal_answer: torch.Tensor,
-               contrast_answer: torch.Tensor) -> torch.Tensor:
-    """Per-row normal-answer minus contrast-answer logit at each row's last prompt token, from full
-    logits [B, T, V] (the fallback route, and the references')."""
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    final = logits[rows, last.to(logits.device)]
-    return (final.gather(1, normal_answer.to(logits.device)[:, None])
-            - final.gather(1, contrast_answer.to(logits.device)[:, None]))[:, 0]
-
-
-# A metric: the two compared tokens' logits at each row's read position, [N, 2] (normal answer,
-# contrast answer), -> one number per row [N]. Every method reads its runs through the cache's metric
-# (RunCache.metric); the paper's, and the default, is the logit difference.
-Metric = Callable[[torch.Tensor], torch.Tensor]
-
-
-def logit_difference(compared: torch.Tensor) -> torch.Tensor:
-    """The paper's metric, LD: normal-answer logit minus contrast-answer logit."""
-    return compared[:, 0] - compared[:, 1]
-
-
-def _compared(normal_answer: torch.Tensor, contrast_answer: torch.Tensor) -> torch.Tensor:
-    return torch.stack([normal_answer, contrast_answer], 1)
-
-
-# ---- the route: how this model is read, decided once -----------------------------------------------
-
-@dataclass(frozen=True)
-class Route:
-    """How metrics are read on one model, decided once (build_cache, ROUTE_PROBE) and
-    recorded with results.
-
-    residual_readout      LD from the final residual stream at the read position, through the final
-                          norm and the two answers' unembedding rows only (else from full logits)
-    analytic_output_path  path patching to the output computes run 1 analytically at the last
-                          position (sequential blocks, post-sublayer norms included: Llama,
-                          GPT-2, Gemma-2/3; else hooked runs)"""
-
-    residual_readout: bool
-    analytic_output_path: bool
-
-
-def _ld_from_resid(model, resid_last: torch.Tensor, normal_answer: torch.Tensor,
-                   contrast_answer: torch.Tensor, metric: Metric = logit_difference) -> torch.Tensor:
-    """The metric per row from final-residual vectors at the read position [N, d_model]."""
-    return metric(unembed_tokens(model, resid_last, _compared(normal_answer, contrast_answer)))
-
-
-def _post_norm(block, name: str):
-    """The block's norm applied to a sublayer's output before it joins the residual stream
-    (Gemma-2/3: `ln1_post` after attention, `ln2_post` after the MLP), or None."""
-    return getattr(block, name, None)
-
-
-def _attn_out(block, z_flat: torch.Tensor) -> torch.Tensor:
-    """What the attention sublayer adds to the residual stream, from head outputs [N, T, H * d_head]:
-    the output projection, then the post-attention norm where the block has one. [N, T, d_model]"""
-    out = block.attn.o(z_flat)
-    post = _post_norm(block, "ln1_post")
-    return out if post is None else post(out)
-
-
-def _mlp_out(block, resid: torch.Tensor) -> torch.Tensor:
-    """What the MLP sublayer adds to the residual stream [N, T, d_model] (pre-norm, MLP, post-norm)."""
-    out = block.mlp(block.ln2(resid))
-    post = _post_norm(block, "ln2_post")
-    return out if post is None else post(out)
-
-
-def _attn_write(block, z_flat: torch.Tensor) -> torch.Tensor:
-    """`_attn_out` at one position: head outputs [N, 1, H * d_head] -> [N, d_model]."""
-    return _attn_out(block, z_flat)[:, 0]
-
-
-def _mlp_write(block, resid: torch.Tensor) -> torch.Tensor:
-    """`_mlp_out` at one position: [N, d_model] -> [N, d_model]."""
-    return _mlp_out(block, resid[:, None])[:, 0]
-
-
-def _final_ld(model, resid: torch.Tensor, normal_answer: torch.Tensor, contrast_answer: torch.Tensor,
-              residual_readout: bool, metric: Metric = logit_difference) -> torch.Tensor:
-    """The metric per row from final-residual vectors [N, d_model], by the route's reader."""
-    if residual_readout:
-        return _ld_from_resid(model, resid, normal_answer, contrast_answer, metric)
-    logits = model.bridge.unembed(model.bridge.ln_final(resid[:, None]))[:, 0]
-    return metric(logits.gather(1, _compared(normal_answer, contrast_answer).to(logits.device)))
-
-
-def _analytic_path_holds(model, chunk: PatchingData, contrast: dict, expected: torch.Tensor,
-                         residual_readout: bool, metric: Metric) -> bool:
-    """The analytic run 1 (see _path_output_analytic) assumes sequential blocks, each adding its
-    attention output (through the output projection and any post-attention norm) and then its MLP
-    output (pre-norm, MLP, any post-MLP norm) to the residual stream. Checked on this model by
-    rebuilding the contrast run's LD that way from its head outputs (`contrast`: that run's z and
-    first resid_pre), read as the route will read it, against `expected`, the run's own LD from full
-    logits; architectures that differ (parallel attention and MLP, ...) take the hooked run 1."""
-    bridge = model.bridge
-    rows = torch.arange(chunk.size)
-    try:
-        with torch.inference_mode():
-            resid = contrast["blocks.0.hook_resid_pre"][rows, chunk.last]
-            for layer in range(model.n_layers):
-                blk = bridge.blocks[layer]
-                z = contrast[z_hook(layer)][rows, chunk.last][:, None]
-                resid = resid + _attn_write(blk, z.flatten(-2))
-                resid = resid + _mlp_write(blk, resid)
-            rebuilt = _final_ld(model, resid, chunk.normal_answer, chunk.contrast_answer, residual_readout, metric)
-    except Exception:  # a block without these parts
-        return False
-    scale = max(1.0, float(expected.abs().max()))
-    return bool((rebuilt.float().cpu() - expected.float().cpu()).abs().max() <= ROUTE_RTOL * scale)
-
-
-def read_ld(model, route: Route, tokens: torch.Tensor, fwd_hooks: list, last: torch.Tensor,
-            normal_answer: torch.Tensor, contrast_answer: torch.Tensor,
-            start_at_layer: int | None = None, metric: Metric = logit_difference) -> torch.Tensor:
-    """The metric per row [B] of one hooked run on `tokens` [B, T] (or, with `start_at_layer`, on
-    residuals [B, T, d_model] entering that layer), through the route's reader
-    (fi.engine.readout.compared_logits)."""
-    rows = torch.arange(tokens.shape[0])
-    return metric(compared_logits(model, tokens, rows, last, _compared(normal_answer, contrast_answer), fwd_hooks,
-                                  route.residual_readout, start_at_layer))
 
 
 # ---- the cache: the normal and contrast runs, built once ------------------------------------------
@@ -362,61 +141,6 @@ def _capture_run(model, route: Route, chunk: PatchingData, tokens: torch.Tensor,
     return store, ld.float().cpu()
 
 
-# The route checks need full logits at every position of the runs they look at. Where that is cheap
-# (an unembedding no bigger than a block's weights, 12 d_model^2: the built-in and tiny models) they
-# look at the first chunk's own runs, no extra pass; else (262k x 640 on Gemma-3) at a probe, the
-# first ROUTE_PROBE examples cut to their first ROUTE_PROBE_TOKENS tokens, and no cache run computes
-# full logits.
-ROUTE_PROBE, ROUTE_PROBE_TOKENS = 2, 12
-
-
-def _full_logits_cheap(model) -> bool:
-    cfg = model.bridge.cfg
-    return int(cfg.d_vocab) * int(cfg.d_model) <= 12 * int(cfg.d_model) ** 2
-
-
-def _route_probe(data: PatchingData) -> PatchingData:
-    """The first examples' first tokens, read at the last of them. What the route checks is a
-    property of the architecture (the final norm and unembedding; blocks whose frozen heads move
-    nothing between positions), the same at every position of every prompt."""
-    probe = data.subset(slice(0, ROUTE_PROBE))
-    width = min(ROUTE_PROBE_TOKENS, int(probe.last.min()) + 1)
-    return PatchingData(probe.normal[:, :width], probe.contrast[:, :width], torch.full_like(probe.last, width - 1),
-                        probe.normal_answer, probe.contrast_answer, {k: v[:, :width] for k, v in probe.groups.items()})
-
-
-def _checked_runs(model, chunk: PatchingData, names: set, analytic: bool,
-                  metric: Metric = logit_difference) -> tuple[Route, tuple | None]:
-    """Both route checks on `chunk`'s runs with full logits: whether LD read from the final residual
-    stream reproduces the model's own (normal run), and (`analytic`) whether the analytic run 1
-    rebuilds the contrast run's LD (_analytic_path_holds). Returns the route and the runs
-    (normal acts, normal LD, contrast acts, contrast LD; contrast None without `analytic`)."""
-    acts_n, ld_n, residual = _checked_capture_run(model, chunk, names, metric)
-    record_readout(model, residual)
-    if not analytic:
-        return Route(residual_readout=residual, analytic_output_path=False), (acts_n, ld_n, None, None)
-    needed = {z_hook(layer) for layer in range(model.n_layers)} | {"blocks.0.hook_resid_pre"}
-    acts_c, ld_c, _ = _checked_capture_run(model, chunk, names | needed, metric, chunk.contrast)
-    holds = needed <= set(acts_c) and _analytic_path_holds(model, chunk, acts_c, ld_c, residual, metric)
-    acts_c = {k: v for k, v in acts_c.items() if k in names}  # the runs keep what was asked for
-    return Route(residual_readout=residual, analytic_output_path=holds), (acts_n, ld_n, acts_c, ld_c)
-
-
-def decide_route(model, data: PatchingData, analytic: bool = True) -> Route:
-    """The route of `data` on `model`, from the checks (_checked_runs) on a probe (_route_probe)."""
-    return _checked_runs(model, _route_probe(data), set(), analytic)[0]
-
-
-def _route_and_first_runs(model, data: PatchingData, chunk: PatchingData, wanted: set, route: Route | None,
-                          analytic: bool, metric: Metric) -> tuple[Route, tuple | None]:
-    """The route (given, or decided) and, where the checks ran on `chunk` itself, its runs."""
-    if route is not None:
-        return route, None
-    if _full_logits_cheap(model):
-        return _checked_runs(model, chunk, wanted, analytic, metric)
-    return decide_route(model, data, analytic), None
-
-
 def build_cache(model, data: PatchingData, route: Route | None = None, batch_size: int = 16,
                 names: Sequence[str] | None = None, metric: Metric = logit_difference) -> RunCache:
     """Run the normal and contrast prompts of `data` once, keeping `names` (default: cache_names),
@@ -424,7 +148,7 @@ def build_cache(model, data: PatchingData, route: Route | None = None, batch_siz
     reads its runs so)."""
     wanted = set(names if names is not None else cache_names(model.n_layers))
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
-    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, True, metric)
+    route, first = route_and_first_runs(model, data, chunks[0], wanted, route, True, metric)
     normal, contrast, ld_n, ld_c = [], [], [], []
     for i, chunk in enumerate(progress(chunks, "normal and contrast runs")):
         if i == 0 and first is not None:
@@ -448,7 +172,7 @@ def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: R
     none)."""
     wanted = {z_hook(layer) for layer in range(model.n_layers)}
     chunks = tuple(data.subset(slice(i, i + batch_size)) for i in range(0, data.size, batch_size))
-    route, first = _route_and_first_runs(model, data, chunks[0], wanted, route, False, metric)
+    route, first = route_and_first_runs(model, data, chunks[0], wanted, route, False, metric)
     normal, ld_n = [], []
     for i, chunk in enumerate(progress(chunks, "normal runs")):
         if i == 0 and first is not None:
@@ -459,27 +183,6 @@ def build_normal_cache(model, data: PatchingData, batch_size: int = 16, route: R
         ld_n.append(ld)
     return RunCache(data, route, chunks, tuple(normal), (), torch.cat(ld_n), None, model.n_layers, model.n_heads,
                     metric)
-
-
-def _checked_capture_run(model, chunk: PatchingData, names: set, metric: Metric,
-                         tokens: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, bool]:
-    """A run (the normal prompt unless `tokens`) with full logits, keeping `names` and the final
-    residual: its metric, and whether the residual readout reproduces it (ROUTE_RTOL)."""
-    store: dict = {}
-    rows = torch.arange(chunk.size)
-    compared = _compared(chunk.normal_answer, chunk.contrast_answer)
-    with torch.inference_mode():
-        tokens = chunk.normal if tokens is None else tokens
-        logits = model.bridge.run_with_hooks(tokens.to(model.device), fwd_hooks=capture(store, sorted(names | {FINAL_RESID})))
-        full = metric(logits[rows, chunk.last.to(logits.device)].gather(1, compared.to(logits.device))).float().cpu()
-        try:
-            resid = store.pop(FINAL_RESID)
-            short = _ld_from_resid(model, resid[rows, chunk.last.to(resid.device)],
-                                   chunk.normal_answer, chunk.contrast_answer, metric).float().cpu()
-            holds = bool((short - full).abs().max() <= ROUTE_RTOL * max(1.0, float(full.abs().max())))
-        except Exception:  # no final residual hook / norm / unembedding of this shape
-            holds = False
-    return store, full, holds
 
 
 # ---- the one generic function ---------------------------------------------------------------------
@@ -584,16 +287,16 @@ def _activation_ld_analytic(model, cache: RunCache, i: int, layer: int, heads: S
         z[v, :, :, h] = normal[:, :, h] if mask is None else torch.where(mask[..., None], normal[:, :, h], z[v, :, :, h])
     pre = c[f"blocks.{layer}.hook_resid_pre"].repeat(n_var, 1, 1)
     with torch.inference_mode():
-        mid = pre + _attn_out(blocks[layer], z.flatten(-2).reshape(n_var * b, z.shape[2], -1))
+        mid = pre + attn_out(blocks[layer], z.flatten(-2).reshape(n_var * b, z.shape[2], -1))
         if layer < n_layers - 1:
-            resid = mid + _mlp_out(blocks[layer], mid)
+            resid = mid + mlp_out(blocks[layer], mid)
 
             def stop(x, hook):
                 raise StopAtLayerException(x)
             mid = run_hooked(model, resid, [(f"blocks.{n_layers - 1}.hook_resid_mid", stop)], layer + 1)
         at = mid[torch.arange(n_var * b), last.repeat(n_var)]  # [V * B, d_model]
-        final = at + _mlp_write(blocks[n_layers - 1], at)
-        ld = _final_ld(model, final, chunk.normal_answer.repeat(n_var), chunk.contrast_answer.repeat(n_var),
+        final = at + mlp_write(blocks[n_layers - 1], at)
+        ld = final_metric(model, final, chunk.normal_answer.repeat(n_var), chunk.contrast_answer.repeat(n_var),
                        cache.route.residual_readout, cache.metric)
     return ld.float().cpu().reshape(n_var, b)
 
@@ -777,15 +480,15 @@ def _path_output_analytic(model, cache: RunCache, i: int) -> torch.Tensor:
         for layer in range(cache.n_layers):
             contrast_z = c[z_hook(layer)][rows, last]  # [B, H, d_head]
             if resid is not None:  # senders below: this layer's heads frozen to the contrast run
-                resid = resid + _attn_write(blocks[layer], contrast_z.flatten(-2)[:, None]).repeat(len(resid) // b, 1)
+                resid = resid + attn_write(blocks[layer], contrast_z.flatten(-2)[:, None]).repeat(len(resid) // b, 1)
             z = contrast_z.unsqueeze(0).repeat(heads, 1, 1, 1)  # [H_sender, B, H, d_head]
             z[idx, :, idx] = n[z_hook(layer)][rows, last].permute(1, 0, 2)[idx]  # the sender's own normal z
             started = (c[f"blocks.{layer}.hook_resid_pre"][rows, last].repeat(heads, 1)
-                       + _attn_write(blocks[layer], z.reshape(heads * b, 1, -1)))
+                       + attn_write(blocks[layer], z.reshape(heads * b, 1, -1)))
             resid = started if resid is None else torch.cat([resid, started])
-            resid = resid + _mlp_write(blocks[layer], resid)
+            resid = resid + mlp_write(blocks[layer], resid)
         senders = cache.n_layers * heads
-        ld = _final_ld(model, resid, chunk.normal_answer.repeat(senders), chunk.contrast_answer.repeat(senders),
+        ld = final_metric(model, resid, chunk.normal_answer.repeat(senders), chunk.contrast_answer.repeat(senders),
                        cache.route.residual_readout, cache.metric)
     return ld.float().cpu().reshape(senders, b).sum(1)
 

@@ -13,7 +13,7 @@ import torch
 
 # The oracle imports nothing from the engine it checks (fi.engine.patching, interventions, readout):
 # hook names, receivers and the metric are written out here, plainly. Prompt pairs come as any object
-# with the fields of fi.engine.patching.PatchingData (normal, contrast [N, T] token ids; last [N],
+# with the fields of fi.engine.pairs.PatchingData (normal, contrast [N, T] token ids; last [N],
 # the read position; normal_answer, contrast_answer [N]; groups: name -> [N, T] bool; size; subset).
 PatchingData = object
 

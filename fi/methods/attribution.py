@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterator
 import pandas as pd
 import torch
 
-from fi.engine.patching import POSITION_GROUPS, Patcher
+from fi.engine.pairs import POSITION_GROUPS
+from fi.engine.patching import Patcher
 from fi.plan.params import AttributionParams
 
 # (receiver, positions, [layers, heads] normalised scores)

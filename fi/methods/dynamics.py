@@ -55,7 +55,7 @@ def heldout_losses(model, train: dict, n_seqs: int = 64, seed: int = 12345) -> d
 
 def query_attention_to_answers(model, data) -> torch.Tensor:
     """[layers, heads]: attention mass from the query's last prompt token (addition: the query's '=')
-    to the demos' answer tokens, mean over the contrast prompts of `data` (fi.engine.patching.PatchingData)."""
+    to the demos' answer tokens, mean over the contrast prompts of `data` (fi.engine.pairs.PatchingData)."""
     names = {pattern_hook(layer) for layer in range(model.n_layers)}
     out = torch.zeros(model.n_layers, model.n_heads)
     for start in range(0, data.size, 32):
@@ -109,7 +109,8 @@ def progress_measures(checkpoint: str, train: dict, cells: list[dict], datasets:
 def _measures(model, train, cells, datasets, head_types, max_examples, batch_size, eval_batch_size):
     import pandas as pd
 
-    from fi.engine.patching import Patcher, build_patching_data
+    from fi.engine.pairs import build_patching_data
+    from fi.engine.patching import Patcher
     from fi.io import read_jsonl
     from fi.methods.evaluation import evaluate_task
     from fi.methods.heads import head_type_scores

@@ -7,7 +7,7 @@ Definitions (the table's columns are named after them):
     (`results/heads/<model>.json`). `head_source` says which ("circuit" or "discovery").
   * **function vector** of head h for offset k: the mean of h's output `hook_z` (its per-head
     attention output before W_O, [d_head]) at the final position of the contrast prompts of offset k
-    (addition, `setting`/`nmax` from the config, `shots` demos; `fi.engine.patching.build_patching_data`,
+    (addition, `setting`/`nmax` from the config, `shots` demos; `fi.engine.pairs.build_patching_data`,
     read at `data.last`, which for addition is the query's `=`: the two answers differ at their first
     token). Means are over the prompts kept by `build_patching_data` (`n_prompts`).
   * **vector sets** (`group`, `prompts`): the FI heads' vectors from the contrast prompts (the
@@ -125,7 +125,7 @@ def mean_head_outputs(model, tokens: torch.Tensor, last: torch.Tensor, heads: Se
 
 def function_vectors(model, data, heads: Sequence[Head], batch_size: int = 16,
                      prompts: str = CONTRAST) -> torch.Tensor:
-    """Each head's function vector from patching data (`fi.engine.patching.PatchingData`) of one offset:
+    """Each head's function vector from patching data (`fi.engine.pairs.PatchingData`) of one offset:
     the mean `hook_z` at `data.last` of the contrast prompts (`prompts` = "normal": of the normal
     prompts, the same examples without the offset, read at the same position); [len(heads), d_head]."""
     tokens = {CONTRAST: data.contrast, NORMAL: data.normal}[prompts]
