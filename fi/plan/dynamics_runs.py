@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fi.plan.grid import PATHS
+
 REF_KINDS = ("pattern_ref", "value_ref", "output_ref")
 # The clamp kinds (fi.engine.clamping says what each does); here so that the DAG's planning checks them
 # without torch.
@@ -26,9 +28,6 @@ def checkpoint_steps(cfg: dict) -> list[int]:
 
 
 
-RESULTS = "results"
-
-
 @dataclass(frozen=True)
 class Run:
     """One training run of a built-in model: the model's own training (`baseline` with the model's
@@ -44,7 +43,7 @@ class Run:
     @property
     def folder(self) -> str:
         if self.is_grid_model:
-            return f"{RESULTS}/models/{self.model}"
+            return PATHS["model"].format(model=self.model)
         return run_folder(self.model, self.name, self.seed)
 
     @property
@@ -59,11 +58,11 @@ class Run:
 
 
 def run_folder(model: str, run: str, seed: int) -> str:
-    return f"{RESULTS}/dynamics/{model}/runs/{run}/seed{seed}"
+    return PATHS["dynamics_run"].format(model=model, run=run, seed=seed)
 
 
 def measures_path(model: str, run: str, seed: int, step: int) -> str:
-    return f"{RESULTS}/dynamics/{model}/measures/{run}/seed{seed}/step{step}.parquet"
+    return PATHS["dynamics_measures"].format(model=model, run=run, seed=seed, step=step)
 
 
 
@@ -175,7 +174,7 @@ def fi_heads_source(run: Run, all_runs: list[Run]) -> tuple[str, str]:
     may sit elsewhere ("measures": the baseline's final-checkpoint measures, heads picked from its
     path scores on the discovery cell by the discovery criterion)."""
     if run.baseline(all_runs).is_grid_model:
-        return "heads", f"{RESULTS}/heads/{run.model}.json"
+        return "heads", PATHS["heads"].format(model=run.model)
     return "measures", baseline_final_measures(run, all_runs)
 
 

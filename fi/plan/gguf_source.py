@@ -26,12 +26,13 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fi.plan.grid import PATHS
+
 log = logging.getLogger(__name__)
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSIONS = (2, 3)
 PROVENANCE_FILE = "gguf_source.json"
-ASSEMBLED_DIR = "results/gguf"
 
 
 class GGUFError(ValueError):
@@ -100,7 +101,7 @@ def package_source(name: str, package: str, mid: str) -> GGUFSource:
     except Exception as err:
         raise GGUFError(f"model {name!r}: package {package!r} holds no .gguf file and no assemble() / "
                         f"chunk_paths() to join one from parts ({type(err).__name__}: {err})") from None
-    return GGUFSource(model=name, file=f"{ASSEMBLED_DIR}/{mid}.gguf", parts=parts, package=package,
+    return GGUFSource(model=name, file=PATHS["assembled_gguf"].format(model=mid), parts=parts, package=package,
                       version=dist.version, expected_sha256=getattr(mod, "EXPECTED_SHA256", None),
                       module=module)
 

@@ -54,6 +54,15 @@ PATHS = {
     "function_vectors_plot": "results/plots/function_vectors_{model}.{ext}",
     "summary": "results/summary.md",
     "provenance": "results/provenance.json",
+    # a GGUF package's parts joined into one file (workflow/rules/gguf.smk)
+    "assembled_gguf": "results/gguf/{model}.gguf",
+    # training dynamics (workflow/rules/dynamics.smk, fi.plan.dynamics_runs)
+    "dynamics_run": "results/dynamics/{model}/runs/{run}/seed{seed}",
+    "dynamics_measures": "results/dynamics/{model}/measures/{run}/seed{seed}/step{step}.parquet",
+    "dynamics_table": "results/tables/dynamics.parquet",
+    "dynamics_formation_table": "results/tables/dynamics_formation.parquet",
+    "dynamics_summary_table": "results/tables/dynamics_summary.parquet",
+    "dynamics_plot": "results/plots/dynamics_{model}.{ext}",
 }
 
 # A model name is a HF / TransformerLens name ("org/model") or a plain label: letters, digits, '.',
