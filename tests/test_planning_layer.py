@@ -16,7 +16,7 @@ HEAVY = ("torch", "transformers", "transformer_lens")
 def planning_modules() -> list[str]:
     """The fi and fi_workflow modules the workflow imports (parsed from the Snakefile and every .smk
     file, so a new import is checked too)."""
-    text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").glob("*.smk"))])
+    text = "\n".join(p.read_text() for p in [REPO / "Snakefile", *sorted((REPO / "workflow" / "rules").rglob("*.smk"))])
     found = set(re.findall(r"^import (fi(?:_workflow)?\.[\w.]+)", text, re.M))
     found |= set(re.findall(r"^from (fi(?:_workflow)?\.[\w.]+) import", text, re.M))
     return sorted(found)

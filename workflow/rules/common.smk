@@ -3,7 +3,7 @@
 # on), model_resources (what it asks the scheduler for), code_hash (the code it runs). Every rule
 # runs its adapter (fi_workflow.jobs) with `run: run_job(rule, Job(...))` (fi_workflow.run), or,
 # where a job wants a process of its own, the same adapter from workflow/scripts/own_process.py.
-# What only one stage needs sits at the top of that stage's file (circuit.smk, dynamics.smk, gguf.smk).
+# What only one stage needs is in common/<stage>.smk, included at the end.
 import re
 from functools import lru_cache
 
@@ -233,3 +233,8 @@ def model_resources(rule, batched=False):
 def parity_resources():
     """The parity job's resources (it compares every model, one after the other)."""
     return fi_resources.parity_resources(MODELS)
+
+
+include: "common/gguf.smk"
+include: "common/dynamics.smk"
+include: "common/circuit.smk"

