@@ -76,6 +76,17 @@ def test_too_few_demos_for_the_shots():
         validate_config(cfg(tasks={"addition": {"n_demos": 8}}))
 
 
+@pytest.mark.parametrize("repeat_len,needle", [
+    ([16, 4], "models.m.train.repeat_len: [16, 4] is not a range [lo, hi] with lo <= hi"),
+    ([4], "models.m.train.repeat_len: [4] is not valid"),
+    (1, "models.m.train.repeat_len: 1 is not valid"),
+])
+def test_a_bad_repeat_length_is_named(repeat_len, needle):
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg(models={"m": {"builtin": True, "train": {"repeat_len": repeat_len}}}))
+    assert needle in str(err.value)
+
+
 def test_builtin_model_path_is_under_results():
     c = validate_config(cfg())
     (m,) = models(c)

@@ -6,7 +6,7 @@ import string
 
 from safetensors.torch import load_file
 
-from fi.build.training import build_tokenizer, letter_shift_sequence, make_batch, train_model
+from fi.build.training import build_tokenizer, letter_shift_sequence, make_batch, repeated_tokens_sequence, train_model
 from fi.plan.tasks import get_family
 from tests.conftest import tiny_train_cfg
 
@@ -98,3 +98,19 @@ def test_training_is_deterministic_for_a_fixed_seed(tmp_path):
     same = all((weights[0][k] == weights[1][k]).all() for k in weights[0])
     differs = any((weights[0][k] != weights[2][k]).any() for k in weights[0])
     assert same and differs
+
+
+def test_repeated_strings_vary_in_length_only_when_given_a_range():
+    """At one fixed length the copy can be predicted from position alone (look back that far); a range
+    makes matching the current token the only way, which is what an induction head does. A fixed
+    length draws nothing more, so configs written for it keep their training data."""
+    fixed = [repeated_tokens_sequence(random.Random(s), tiny_train_cfg(repeat_len=12)) for s in range(30)]
+    assert {len(first) for (first, _), _ in fixed} == {12}
+    for (first, first_target), (copy, copy_target) in fixed:
+        assert first == copy and not first_target and copy_target  # the loss is on the copy only
+    ranged = [repeated_tokens_sequence(random.Random(s), tiny_train_cfg(repeat_len=[4, 16])) for s in range(30)]
+    lengths = {len(first) for (first, _), _ in ranged}
+    assert lengths <= set(range(4, 17)) and len(lengths) >= 8
+    assert all(first == copy for (first, _), (copy, _) in ranged)
+    for seed, ((first, _), _) in enumerate(fixed):  # a fixed length: the strings drawn before ranges existed
+        assert first == "".join(random.Random(seed).choices(string.digits + LETTERS, k=12))

@@ -8,7 +8,9 @@ Training sequences are drawn from a configurable mix of sources, each a sequence
 that share one hidden function, with the loss on the items' outputs only:
   addition        `a+b=c` lines, c = a+b+k with k drawn per sequence (k = 0 with prob. p_zero)
   letter_shift    ` a b -> c d` lines, each output the input shifted by k letters (Caesar)
-  repeated_tokens a random character string followed by itself (trains induction heads)
+  repeated_tokens a random character string followed by itself (trains induction heads when its
+                  length varies, `repeat_len: [lo, hi]`; at one fixed length a head that looks back
+                  that many positions predicts the copy, and no induction head is needed)
 """
 
 from __future__ import annotations
@@ -114,7 +116,10 @@ def letter_shift_sequence(rng: random.Random, cfg: dict) -> list[tuple[str, bool
 
 
 def repeated_tokens_sequence(rng: random.Random, cfg: dict) -> list[tuple[str, bool]]:
-    chunk = "".join(rng.choices(string.digits + string.ascii_lowercase, k=cfg["repeat_len"]))
+    length = cfg["repeat_len"]
+    if not isinstance(length, int):  # [lo, hi]: a length drawn per sequence (an int draws nothing)
+        length = rng.randint(*length)
+    chunk = "".join(rng.choices(string.digits + string.ascii_lowercase, k=length))
     return [(chunk, False), (chunk, True)]
 
 
