@@ -61,3 +61,26 @@ def test_select_heads():
     assert select_heads(scores, "threshold", threshold=0.9).empty
     with pytest.raises(ValueError, match="unknown discovery criterion"):
         select_heads(scores, "best")
+
+
+def test_random_strings_on_a_built_in_model_use_only_the_characters_its_training_draws():
+    """The built-in vocabulary holds characters no training source draws (capitals, most punctuation);
+    their embeddings stay at initialisation, and a head that copies repeated strings of trained
+    characters does nothing on them. Any other tokenizer keeps every ordinary token."""
+    from fi.build.training import DRAWN_CHARACTERS, build_tokenizer, drawn_token_ids
+
+    seen = []
+
+    class RecordingBridge(FakeBridge):
+        def run_with_cache(self, tokens, names_filter=None):
+            seen.append(tokens)
+            return super().run_with_cache(tokens, names_filter)
+
+    tok = build_tokenizer()
+    model = SimpleNamespace(tokenizer=tok, bridge=RecordingBridge(10), device="cpu", n_layers=1, n_heads=4,
+                            bos_id=tok.bos_token_id)
+    head_type_scores(model, seq_len=10, n_seqs=8)
+    drawn = seen[0][:, 1:]
+    assert set(tok.convert_ids_to_tokens(drawn.flatten().tolist())) <= set(DRAWN_CHARACTERS)
+    assert len(set(drawn.flatten().tolist())) > 20  # and it draws from all of them, not a few
+    assert drawn_token_ids(fake_model(10).tokenizer) is None

@@ -47,6 +47,21 @@ def build_tokenizer():
                                    unk_token=UNK, eos_token=PAD)
 
 
+# The symbols the training sources draw at random (operands, words, repeated strings); the rest of
+# CHARSET is punctuation the formats fix, or never seen (capitals): those embeddings stay untrained.
+DRAWN_CHARACTERS = string.digits + string.ascii_lowercase
+
+
+def drawn_token_ids(tokenizer) -> list[int] | None:
+    """The ids of DRAWN_CHARACTERS when `tokenizer` is the built-in character tokenizer, else None.
+    Scores on random tokens (fi.methods.heads.head_type_scores) draw from these on a built-in model:
+    a random string of never-trained characters measures what a head does off its training data."""
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else None
+    if vocab != {tok: i for i, tok in enumerate([PAD, BOS, UNK] + list(CHARSET))}:
+        return None
+    return [vocab[c] for c in DRAWN_CHARACTERS]
+
+
 def build_model(cfg: dict, vocab_size: int, tokenizer):
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 

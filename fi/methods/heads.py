@@ -14,9 +14,15 @@ def head_type_scores(model, seq_len: int = 20, n_seqs: int = 32, seed: int = 0, 
       previous_token   mean attention from each position to the one before it
       duplicate_token  mean attention from the repeat to the earlier copy of the same token
       induction        mean attention from the repeat to the token after the earlier copy
-    A head's `type` is its highest score's name when that score reaches `threshold`, else ''."""
+    A head's `type` is its highest score's name when that score reaches `threshold`, else ''.
+    On a built-in model r is drawn from the characters its training draws (digits, lowercase letters):
+    the rest of its vocabulary is never trained, and random strings of it find no induction head even in
+    a model that copies repeated strings (configs/organism.yaml); elsewhere from every ordinary token."""
+    from fi.build.training import drawn_token_ids
+
     special = set(model.tokenizer.all_special_ids)
-    vocab = torch.tensor([i for i in range(len(model.tokenizer)) if i not in special])
+    vocab = torch.tensor(drawn_token_ids(model.tokenizer)
+                         or [i for i in range(len(model.tokenizer)) if i not in special])
     gen = torch.Generator().manual_seed(seed)
     rand = vocab[torch.randint(len(vocab), (n_seqs, seq_len), generator=gen)]
     bos = model.bos_id

@@ -73,7 +73,7 @@ def check_config(config: dict) -> None:
             errors += check_local_checkpoint_files(cfg["path"], name)
         elif not cfg.get("builtin"):
             hub_names.append(name)
-        if cfg.get("builtin") and not isinstance(repeat := cfg["train"]["repeat_len"], int) and repeat[0] > repeat[1]:
+        if isinstance(repeat := (cfg.get("train") or {}).get("repeat_len"), list) and repeat[0] > repeat[1]:
             errors.append(f"models.{name}.train.repeat_len: {repeat} is not a range [lo, hi] with lo <= hi")
     errors += check_hub_models(hub_names)
     errors += _check_reference((config.get("plots") or {}).get("reference"))
