@@ -134,7 +134,7 @@ def repeated_tokens_sequence(rng: random.Random, cfg: dict) -> list[tuple[str, b
     length = cfg["repeat_len"]
     if not isinstance(length, int):  # [lo, hi]: a length drawn per sequence (an int draws nothing)
         length = rng.randint(*length)
-    chunk = "".join(rng.choices(string.digits + string.ascii_lowercase, k=length))
+    chunk = "".join(rng.choices(DRAWN_CHARACTERS, k=length))
     return [(chunk, False), (chunk, True)]
 
 
