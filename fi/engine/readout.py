@@ -42,12 +42,10 @@ def unembed_tokens(model, resid: torch.Tensor, tokens: torch.Tensor) -> torch.Te
     tokens = tokens.to(weight.device)
     if tokens.dim() == 1:
         logits = normed @ weight[tokens].T
-        if bias is not None:
-            logits = logits + bias[tokens]
     else:
         logits = torch.einsum("nd,nkd->nk", normed, weight[tokens])
-        if bias is not None:
-            logits = logits + bias[tokens]
+    if bias is not None:  # bias[tokens] is [K] or [N, K], as the logits' rows need
+        logits = logits + bias[tokens]
     cap = _softcap(model)
     if cap is not None:
         logits = torch.tanh(logits / cap) * cap
